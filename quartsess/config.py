@@ -1,0 +1,269 @@
+"""Typed, validated settings read once from ``app.config``."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from cryptography.fernet import Fernet
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .codec import derive_fernet_key, fernet_keys
+from .errors import ConfigurationError
+
+DEFAULT_TABLE = "quart_sessions"
+DEFAULT_PRUNE_INTERVAL = 300.0
+DEFAULT_MAX_BYTES = 64 * 1024
+DEFAULT_TOUCH_INTERVAL = 60
+DEFAULT_SQLITE_FILE = "quartsess.sqlite3"
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
+
+# Our settings, and Quart's own SESSION_* settings (which keep their Quart meaning).
+OWN_KEYS = frozenset(
+    {
+        "SESSION_DB_URL",
+        "SESSION_ENGINE_OPTIONS",
+        "SESSION_TABLE",
+        "SESSION_ENCRYPTION_KEYS",
+        "SESSION_IDLE_TIMEOUT",
+        "SESSION_ABSOLUTE_TIMEOUT",
+        "SESSION_TOUCH_INTERVAL",
+        "SESSION_PRUNE_INTERVAL",
+        "SESSION_MAX_BYTES",
+        "SESSION_CREATE_TABLE",
+    }
+)
+QUART_KEYS = frozenset(
+    {
+        "SESSION_COOKIE_NAME",
+        "SESSION_COOKIE_DOMAIN",
+        "SESSION_COOKIE_PATH",
+        "SESSION_COOKIE_HTTPONLY",
+        "SESSION_COOKIE_SECURE",
+        "SESSION_COOKIE_SAMESITE",
+        "SESSION_COOKIE_PARTITIONED",
+        "SESSION_REFRESH_EACH_REQUEST",
+    }
+)
+KNOWN_KEYS = OWN_KEYS | QUART_KEYS
+
+# backend -> (async drivers SQLAlchemy supports for it, how to install the first)
+_DRIVERS_BY_BACKEND = {
+    "sqlite": (("aiosqlite",), "pip install quartsess"),
+    "postgresql": (("asyncpg",), "pip install 'quartsess[postgresql]'"),
+    "mysql": (("asyncmy", "aiomysql"), "pip install 'quartsess[mysql]'"),
+    "mariadb": (("asyncmy", "aiomysql"), "pip install 'quartsess[mysql]'"),
+}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """quartsess's settings. Build with :meth:`from_mapping`; every field is validated."""
+
+    db_url: URL
+    encryption_keys: tuple[bytes, ...] = field(repr=False)
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
+    table: str = DEFAULT_TABLE
+    idle_timeout: int = int(timedelta(days=31).total_seconds())
+    absolute_timeout: int | None = None
+    touch_interval: int = DEFAULT_TOUCH_INTERVAL
+    prune_interval: float = DEFAULT_PRUNE_INTERVAL
+    max_bytes: int = DEFAULT_MAX_BYTES
+    create_table: bool = True
+    keys_derived: bool = True
+
+    def __repr__(self) -> str:
+        return (
+            f"SessionConfig(db_url={self.db_url.render_as_string(hide_password=True)!r}, "
+            f"table={self.table!r}, keys={len(self.encryption_keys)} (hidden), "
+            f"idle_timeout={self.idle_timeout}, absolute_timeout={self.absolute_timeout}, "
+            f"touch_interval={self.touch_interval}, prune_interval={self.prune_interval}, "
+            f"max_bytes={self.max_bytes}, create_table={self.create_table})"
+        )
+
+    @property
+    def backend(self) -> str:
+        return self.db_url.get_backend_name()
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any], *, instance_path: str) -> SessionConfig:
+        """Read and validate settings from an ``app.config``-like mapping."""
+        keys, derived = _encryption_keys(config)
+        idle = _seconds(
+            config,
+            "SESSION_IDLE_TIMEOUT",
+            config.get("PERMANENT_SESSION_LIFETIME", timedelta(days=31)),
+        )
+        if idle is None or idle <= 0:
+            raise ConfigurationError(
+                "SESSION_IDLE_TIMEOUT", "must be a positive number of seconds or a timedelta"
+            )
+        absolute = _seconds(config, "SESSION_ABSOLUTE_TIMEOUT", None)
+        if absolute is not None and absolute <= 0:
+            raise ConfigurationError(
+                "SESSION_ABSOLUTE_TIMEOUT", "must be positive, or None for no absolute limit"
+            )
+        touch = _seconds(config, "SESSION_TOUCH_INTERVAL", min(DEFAULT_TOUCH_INTERVAL, idle // 2))
+        if touch is None or touch < 0 or touch >= idle:
+            raise ConfigurationError(
+                "SESSION_TOUCH_INTERVAL",
+                f"must be at least 0 and shorter than SESSION_IDLE_TIMEOUT ({idle} s)",
+            )
+        prune = _number(config, "SESSION_PRUNE_INTERVAL", DEFAULT_PRUNE_INTERVAL)
+        if prune < 0:
+            raise ConfigurationError("SESSION_PRUNE_INTERVAL", "must be >= 0 (0 turns it off)")
+        max_bytes = _number(config, "SESSION_MAX_BYTES", DEFAULT_MAX_BYTES)
+        if max_bytes <= 0 or max_bytes != int(max_bytes):
+            raise ConfigurationError("SESSION_MAX_BYTES", "must be a positive whole number")
+        table = config.get("SESSION_TABLE") or DEFAULT_TABLE
+        if not isinstance(table, str) or _TABLE_NAME.fullmatch(table) is None:
+            raise ConfigurationError(
+                "SESSION_TABLE",
+                "must be a table name of ASCII letters, digits and underscores, not starting "
+                "with a digit, at most 48 characters (its index name adds 15)",
+            )
+        options = config.get("SESSION_ENGINE_OPTIONS") or {}
+        if not isinstance(options, Mapping):
+            raise ConfigurationError(
+                "SESSION_ENGINE_OPTIONS", "must be a dict of keyword arguments"
+            )
+        create = config.get("SESSION_CREATE_TABLE", True)
+        if not isinstance(create, bool):
+            raise ConfigurationError("SESSION_CREATE_TABLE", "must be True or False")
+        return cls(
+            db_url=_database_url(config, instance_path),
+            encryption_keys=tuple(keys),
+            engine_options=dict(options),
+            table=table,
+            idle_timeout=idle,
+            absolute_timeout=absolute,
+            touch_interval=touch,
+            prune_interval=float(prune),
+            max_bytes=int(max_bytes),
+            create_table=create,
+            keys_derived=derived,
+        )
+
+
+def misspelled_keys(config: Iterable[str]) -> list[tuple[str, str]]:
+    """``(unknown, suggestion)`` for SESSION_* keys that look like typos of known ones."""
+    found = []
+    for key in config:
+        if key.startswith("SESSION_") and key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1, cutoff=0.8)
+            if close:
+                found.append((key, close[0]))
+    return found
+
+
+def _encryption_keys(config: Mapping[str, Any]) -> tuple[list[bytes], bool]:
+    configured = config.get("SESSION_ENCRYPTION_KEYS")
+    if configured:
+        if isinstance(configured, str | bytes):
+            text = configured.decode() if isinstance(configured, bytes) else configured
+            configured = [part for part in text.replace(",", " ").split() if part]
+        if not isinstance(configured, list | tuple):
+            raise ConfigurationError(
+                "SESSION_ENCRYPTION_KEYS",
+                "must be a list of Fernet keys (newest first) or a comma-separated string",
+            )
+        for index, value in enumerate(configured):
+            try:
+                Fernet(fernet_keys([value])[0])
+            except (ValueError, TypeError):
+                raise ConfigurationError(
+                    "SESSION_ENCRYPTION_KEYS",
+                    f"key #{index} is not a valid Fernet key (32 url-safe base64-encoded "
+                    "bytes); create one with `quart sessions gen-key`",
+                ) from None
+        return fernet_keys(configured), False
+    secret = config.get("SECRET_KEY")
+    if not secret:
+        raise ConfigurationError(
+            "SECRET_KEY",
+            "quartsess needs app.secret_key (SECRET_KEY) to derive its encryption key, "
+            "or explicit Fernet keys in SESSION_ENCRYPTION_KEYS",
+        )
+    if not isinstance(secret, str | bytes):
+        raise ConfigurationError("SECRET_KEY", "must be a str or bytes")
+    fallbacks = config.get("SECRET_KEY_FALLBACKS") or []
+    if (
+        isinstance(fallbacks, str | bytes)
+        or not isinstance(fallbacks, list | tuple)
+        or not all(isinstance(old, str | bytes) and old for old in fallbacks)
+    ):
+        raise ConfigurationError(
+            "SECRET_KEY_FALLBACKS", "must be a list of old secret keys (non-empty str or bytes)"
+        )
+    return [derive_fernet_key(value) for value in (secret, *fallbacks) if value], True
+
+
+def _seconds(config: Mapping[str, Any], name: str, default: Any) -> int | None:
+    value = config.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return int(value.total_seconds())
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(name, "must be a timedelta or a number of seconds")
+    if not math.isfinite(value):
+        raise ConfigurationError(name, "must be a finite number of seconds")
+    return math.floor(value)
+
+
+def _number(config: Mapping[str, Any], name: str, default: float) -> float:
+    value = config.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(name, "must be a number")
+    if not math.isfinite(value):
+        raise ConfigurationError(name, "must be a finite number")
+    return float(value)
+
+
+def _database_url(config: Mapping[str, Any], instance_path: str) -> URL:
+    raw = config.get("SESSION_DB_URL")
+    if not raw:
+        path = os.path.join(instance_path, DEFAULT_SQLITE_FILE)
+        return URL.create("sqlite+aiosqlite", database=path)
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):
+        raise ConfigurationError(
+            "SESSION_DB_URL",
+            "is not a database URL; expected e.g. sqlite+aiosqlite:///path/sessions.db or "
+            "postgresql+asyncpg://user@host/db",
+        ) from None
+    backend = url.get_backend_name()
+    if backend not in _DRIVERS_BY_BACKEND:
+        raise ConfigurationError(
+            "SESSION_DB_URL",
+            f"database {backend!r} is not supported; use sqlite, postgresql, mysql or mariadb",
+        )
+    drivers, install = _DRIVERS_BY_BACKEND[backend]
+    explicit_driver = url.drivername.partition("+")[2]
+    if explicit_driver not in drivers:
+        raise ConfigurationError(
+            "SESSION_DB_URL",
+            f"{backend} needs an async driver: write {backend}+{drivers[0]}://... "
+            f"(install it with: {install})",
+        )
+    return url
+
+
+def check_driver_installed(url: URL) -> None:
+    """Import the URL's driver now, so a missing one fails at start-up."""
+    try:
+        url.get_dialect().import_dbapi()
+    except ImportError:
+        _, install = _DRIVERS_BY_BACKEND[url.get_backend_name()]
+        raise ConfigurationError(
+            "SESSION_DB_URL",
+            f"the driver {url.get_driver_name()!r} is not installed; {install}",
+        ) from None

@@ -1,0 +1,145 @@
+"""The ``Session`` extension: wires config, codec, store and interface to a Quart app."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
+
+from .cli import sessions_cli
+from .codec import PayloadCodec
+from .config import SessionConfig, check_driver_installed, misspelled_keys
+from .interface import Clock, ServerSessionInterface
+from .pruner import Pruner
+from .store import STORE_ERRORS, SessionStore
+
+if TYPE_CHECKING:
+    from quart import Quart
+
+logger = logging.getLogger("quartsess")
+
+EXTENSION_KEY = "quartsess"
+
+
+class Session:
+    """Server-side sessions for a Quart app: ``Session(app)`` or ``Session().init_app(app)``.
+
+    ``clock`` returns the current time in epoch seconds; tests inject one to move time
+    without sleeping. After ``init_app``, ``app.extensions["quartsess"]`` is this object.
+    """
+
+    #: The session interface installed on the app; subclass it to override a helper
+    #: such as ``get_cookie_secure`` and set it here on a subclass of ``Session``.
+    interface_class: type[ServerSessionInterface] = ServerSessionInterface
+
+    def __init__(self, app: Quart | None = None, *, clock: Clock = time.time) -> None:
+        self._clock = clock
+        self._interfaces: WeakKeyDictionary[Quart, ServerSessionInterface] = WeakKeyDictionary()
+        self._pruners: WeakKeyDictionary[ServerSessionInterface, Pruner] = WeakKeyDictionary()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Quart) -> None:
+        """Validate the app's settings and install the session interface.
+
+        Raises :class:`~quartsess.ConfigurationError` naming the setting to fix."""
+        config = SessionConfig.from_mapping(app.config, instance_path=app.instance_path)
+        check_driver_installed(config.db_url)
+        for unknown, suggestion in misspelled_keys(app.config):
+            logger.warning(
+                "%s is not a setting quartsess or Quart knows; did you mean %s?",
+                unknown,
+                suggestion,
+            )
+        store = SessionStore.from_url(config.db_url, config.table, config.engine_options)
+        codec = PayloadCodec(config.encryption_keys, config.max_bytes)
+        interface = self.interface_class(store=store, codec=codec, config=config, clock=self._clock)
+        # Quart types the attribute as its cookie interface; any SessionInterface works.
+        app.session_interface = interface  # type: ignore[assignment]
+        app.extensions[EXTENSION_KEY] = self
+        self._interfaces[app] = interface
+        pruner = Pruner(store, clock=self._clock, interval=config.prune_interval)
+        self._pruners[interface] = pruner
+        _add_cli(app)
+
+        async def start_serving() -> None:
+            _warn_insecure_cookies(app)
+            try:
+                await store.prepare(create_table=config.create_table)
+            except STORE_ERRORS as error:
+                # Serve anyway: pages that need no session keep working, the others get
+                # 503 until the database answers (then the table is created if needed).
+                logger.error(
+                    "session store not reachable at start-up (%s); session requests get "
+                    "503 until it is",
+                    f"{type(error).__name__}: {error}".splitlines()[0],
+                )
+            pruner.start()
+
+        async def stop_serving() -> None:
+            await pruner.stop()
+            await interface.wait_for_saves()  # saves outlive cancelled requests
+            await store.close()
+
+        app.before_serving(start_serving)
+        app.after_serving(stop_serving)
+
+    def interface_for(self, app: Quart | None = None) -> ServerSessionInterface:
+        """The session interface installed on ``app`` (default: the current or only app)."""
+        if app is None:
+            from quart import current_app, has_app_context
+
+            if has_app_context():
+                app = current_app._get_current_object()  # type: ignore[attr-defined]
+            elif len(self._interfaces) == 1:
+                app = next(iter(self._interfaces))
+            else:
+                raise RuntimeError("pass the app: this Session serves several apps")
+        try:
+            return self._interfaces[app]
+        except KeyError:
+            raise RuntimeError("Session.init_app(app) was not called for this app") from None
+
+    def pruner_for(self, app: Quart | None = None) -> Pruner:
+        """The pruner of ``app`` (default: the current or only app)."""
+        return self._pruners[self.interface_for(app)]
+
+    async def prune(self, app: Quart | None = None) -> int:
+        """Delete every expired session row now, in batches; returns how many went.
+
+        On PostgreSQL this waits while another worker is pruning the same table."""
+        return await self.pruner_for(app).prune()
+
+    @property
+    def store(self) -> SessionStore:
+        """The store of the current (or only) app."""
+        return self.interface_for().store
+
+    @property
+    def config(self) -> SessionConfig:
+        """The validated settings of the current (or only) app."""
+        return self.interface_for().config
+
+
+def _add_cli(app: Quart) -> None:
+    if "sessions" not in app.cli.commands:
+        app.cli.add_command(sessions_cli)
+
+
+def _warn_insecure_cookies(app: Quart) -> None:
+    if app.debug or app.testing:
+        return
+    interface = app.session_interface
+    if not interface.get_cookie_secure(app):
+        logger.warning(
+            "SESSION_COOKIE_SECURE is False: the session cookie will be sent over plain "
+            "HTTP. Set it to True when serving over HTTPS."
+        )
+    if not interface.get_cookie_httponly(app):
+        logger.warning(
+            "SESSION_COOKIE_HTTPONLY is False: page scripts can read the session cookie."
+        )
+    samesite = interface.get_cookie_samesite(app)
+    if samesite and samesite.lower() == "none" and not interface.get_cookie_secure(app):
+        logger.warning("SESSION_COOKIE_SAMESITE='None' needs SESSION_COOKIE_SECURE=True.")

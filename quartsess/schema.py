@@ -1,0 +1,39 @@
+"""The sessions table, as SQLAlchemy Core metadata (Alembic's migration mirrors it)."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, MetaData, String, Table
+from sqlalchemy.dialects import mysql
+
+from .config import DEFAULT_TABLE
+
+# MySQL's plain BLOB stops at 64 KiB; sessions may be larger (SESSION_MAX_BYTES).
+PayloadType = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+
+
+def build_table(metadata: MetaData, name: str = DEFAULT_TABLE) -> Table:
+    """Define the sessions table called ``name`` on ``metadata``.
+
+    Columns: ``id_hash`` (hex SHA-256 of the cookie ID; the ID itself is never stored),
+    ``payload`` (Fernet ciphertext), ``version`` (bumped on every content write, for
+    lost-update detection), and epoch seconds ``created_at``, ``touched_at`` and
+    ``expires_at`` (indexed, for pruning).
+    """
+    return Table(
+        name,
+        metadata,
+        Column("id_hash", String(64), primary_key=True),
+        Column("payload", PayloadType, nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("created_at", BigInteger, nullable=False),
+        Column("touched_at", BigInteger, nullable=False),
+        Column("expires_at", BigInteger, nullable=False),
+        Index(f"ix_{name}_expires_at", "expires_at"),
+    )
+
+
+metadata = MetaData()
+"""Metadata holding the default ``quart_sessions`` table: add it to your own Alembic
+``target_metadata`` to manage quartsess's table alongside yours."""
+
+sessions_table = build_table(metadata)
