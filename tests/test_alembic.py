@@ -1,0 +1,221 @@
+"""Alembic owns the schema: upgrade/downgrade on every backend, and no drift from
+``quartsess.schema.build_table``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import MetaData, inspect, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from quartsess.schema import build_table
+from tests.conftest import AppFactory
+from tests.support import add_routes, stored_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def alembic(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run the ``alembic`` command of this checkout; returns its output, fails on error."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "alembic",
+        "-c",
+        str(ROOT / "alembic.ini"),
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    text_output = output.decode()
+    assert process.returncode == 0, text_output
+    return text_output
+
+
+def x_args(db_url: str, table_name: str) -> list[str]:
+    return ["-x", f"url={db_url}", "-x", f"table={table_name}"]
+
+
+async def migrate(db_url: str, table_name: str, action: str, target: str) -> None:
+    """``alembic -x url=... -x table=... <action> <target>`` through Alembic's command
+    API, in a thread (env.py runs its own event loop), without touching logging."""
+    config = Config(str(ROOT / "alembic.ini"))
+    config.cmd_opts = argparse.Namespace(x=[f"url={db_url}", f"table={table_name}"])
+    config.attributes["configure_logger"] = False
+    await asyncio.to_thread(getattr(command, action), config, target)
+
+
+@pytest.fixture
+async def engine(db_url: str, table_name: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the test database; drops this test's Alembic version table after."""
+    engine = create_async_engine(db_url)
+    yield engine
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(f"DROP TABLE IF EXISTS {table_name}_alembic_version"))
+    finally:
+        await engine.dispose()
+
+
+async def describe(engine: AsyncEngine, table_name: str) -> dict[str, Any]:
+    def inspect_sync(connection: Connection) -> dict[str, Any]:
+        inspector = inspect(connection)
+        if not inspector.has_table(table_name):
+            return {"exists": False}
+        return {
+            "exists": True,
+            "columns": [column["name"] for column in inspector.get_columns(table_name)],
+            "primary_key": inspector.get_pk_constraint(table_name)["constrained_columns"],
+            "indexes": {
+                index["name"]: index["column_names"]
+                for index in inspector.get_indexes(table_name)
+            },
+        }
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(inspect_sync)
+
+
+async def current_revision(engine: AsyncEngine, table_name: str) -> list[str]:
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(f"SELECT version_num FROM {table_name}_alembic_version")  # noqa: S608
+        )
+        return [row[0] for row in result]
+
+
+async def test_upgrade_head_creates_the_table_and_downgrade_base_drops_it(
+    db_url: str, table_name: str, engine: AsyncEngine
+) -> None:
+    await migrate(db_url, table_name, "upgrade", "head")
+    assert await describe(engine, table_name) == {
+        "exists": True,
+        "columns": ["id_hash", "payload", "version", "created_at", "touched_at", "expires_at"],
+        "primary_key": ["id_hash"],
+        "indexes": {f"ix_{table_name}_expires_at": ["expires_at"]},
+    }
+    assert await current_revision(engine, table_name) == ["0001"]
+
+    await migrate(db_url, table_name, "upgrade", "head")  # nothing left to do
+    await migrate(db_url, table_name, "downgrade", "base")
+    assert await describe(engine, table_name) == {"exists": False}
+    assert await current_revision(engine, table_name) == []
+
+
+async def test_the_migration_matches_build_table(
+    db_url: str, table_name: str, engine: AsyncEngine
+) -> None:
+    """Alembic's autogenerate finds nothing to change between the migrated table and the
+    table quartsess defines: the two cannot drift apart unnoticed."""
+    await migrate(db_url, table_name, "upgrade", "head")
+
+    def differences(connection: Connection) -> list[Any]:
+        context = MigrationContext.configure(
+            connection,
+            opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                "include_name": lambda name, type_, _parent: type_ != "table"
+                or name == table_name,
+            },
+        )
+        metadata = MetaData()
+        build_table(metadata, table_name)
+        return list(compare_metadata(context, metadata))
+
+    async with engine.connect() as connection:
+        assert await connection.run_sync(differences) == []
+
+
+async def test_an_app_serves_from_the_migrated_table_without_creating_it(
+    db_url: str, table_name: str, engine: AsyncEngine, make_app: AppFactory
+) -> None:
+    await migrate(db_url, table_name, "upgrade", "head")
+    app = add_routes(make_app(SESSION_CREATE_TABLE=False, SESSION_PRUNE_INTERVAL=0))
+
+    async with app.test_app() as test_app:
+        assert (await test_app.test_client().get("/visits")).status_code == 200
+        assert len(await stored_rows(app)) == 1
+
+
+async def test_without_the_table_and_creation_off_session_requests_get_503(
+    make_app: AppFactory,
+) -> None:
+    app = add_routes(make_app(SESSION_CREATE_TABLE=False, SESSION_PRUNE_INTERVAL=0))
+
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/visits")
+        assert response.status_code == 503
+
+
+async def test_the_alembic_command_upgrades_and_downgrades(
+    tmp_path: Path, table_name: str
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cli.sqlite3'}"
+    engine = create_async_engine(url)
+    try:
+        await alembic(*x_args(url, table_name), "upgrade", "head")
+        assert (await describe(engine, table_name))["exists"]
+        await alembic(*x_args(url, table_name), "downgrade", "base")
+        assert not (await describe(engine, table_name))["exists"]
+    finally:
+        await engine.dispose()
+
+
+async def test_url_and_table_come_from_the_environment_like_the_app(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "from-env.sqlite3"
+    env = {"QUARTSESS_DB_URL": f"sqlite+aiosqlite:///{database}", "QUARTSESS_TABLE": "envtab"}
+    await alembic("upgrade", "head", env=env)
+    engine = create_async_engine(env["QUARTSESS_DB_URL"])
+    try:
+        assert (await describe(engine, "envtab"))["exists"]
+        assert await current_revision(engine, "envtab") == ["0001"]
+    finally:
+        await engine.dispose()
+
+
+async def test_the_default_database_is_the_apps_sqlite_file_in_the_instance_folder(
+    tmp_path: Path,
+) -> None:
+    env = {"QUARTSESS_INSTANCE_PATH": str(tmp_path / "instance")}
+    for variable in ("QUARTSESS_DB_URL", "SESSION_DB_URL", "QUARTSESS_TABLE", "SESSION_TABLE"):
+        env[variable] = ""
+    await alembic("upgrade", "head", env=env)
+    assert (tmp_path / "instance" / "quartsess.sqlite3").exists()
+
+
+async def test_offline_mode_prints_the_sql(table_name: str) -> None:
+    sql = await alembic(
+        "-x", "url=postgresql+asyncpg://nobody@127.0.0.1/none", "-x", f"table={table_name}",
+        "upgrade", "head", "--sql",
+    )
+    assert f"CREATE TABLE {table_name}" in sql
+    assert f"CREATE INDEX ix_{table_name}_expires_at" in sql
+
+
+async def test_a_sync_driver_url_is_refused_with_a_clear_message() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"),
+        "-x", "url=postgresql://nobody@127.0.0.1/none", "upgrade", "head",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await process.communicate()
+    assert process.returncode != 0
+    assert b"async driver" in output

@@ -1,0 +1,218 @@
+"""The sample app in a real browser: Playwright driving Debian's Chromium (/usr/bin/chromium)
+against a hypercorn process started from hypercorn.toml. Screenshots of every page are saved
+under test-artifacts/screenshots/ (git-ignored).
+
+Without Chromium these tests are skipped with the reason; with CI=true they fail instead.
+Playwright's own browser downloads are never used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+
+from tests.conftest import IN_CI
+from tests.servers import ROOT, Server, hypercorn_server, server_env
+from tests.test_e2e import COOKIE
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+
+
+def require_chromium() -> None:
+    if CHROMIUM.exists() and os.access(CHROMIUM, os.X_OK):
+        return
+    message = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+    if IN_CI:
+        pytest.fail(f"{message}; the browser tests are required when CI=true")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One hypercorn (two workers, SQLite in a temporary instance folder) for this module."""
+    require_chromium()
+    folder = tmp_path_factory.mktemp("browser")
+    with hypercorn_server(server_env(folder / "instance"), folder / "server.log") as running:
+        yield running
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    require_chromium()
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def context(browser: Browser, server: Server) -> AsyncIterator[BrowserContext]:
+    created = await browser.new_context(
+        base_url=server.url, viewport={"width": 1100, "height": 800}
+    )
+    try:
+        yield created
+    finally:
+        await created.close()
+
+
+@pytest.fixture
+async def page(context: BrowserContext) -> AsyncIterator[Page]:
+    """A page that records console errors (a CSP violation would show up there)."""
+    opened = await context.new_page()
+    errors: list[str] = []
+    opened.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    assert errors == [], errors
+
+
+async def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+async def log_in(page: Page, username: str = "alice", password: str = "wonderland") -> None:  # noqa: S107
+    await page.goto("/login")
+    await page.get_by_label("Username").fill(username)
+    await page.get_by_label("Password").fill(password)
+    await page.get_by_role("button", name="Log in").click()
+
+
+async def session_cookie_value(context: BrowserContext) -> str | None:
+    for cookie in await context.cookies():
+        if cookie.get("name") == COOKIE:
+            return cookie.get("value")
+    return None
+
+
+async def test_log_in_count_visits_fill_cart_log_out(page: Page, context: BrowserContext) -> None:
+    await page.goto("/")
+    await expect(page.locator("#login-state")).to_have_text("No")
+    await screenshot(page, "01-home-logged-out")
+
+    await page.goto("/dashboard")  # logged out: sent to the login page
+    await expect(page).to_have_url(re.compile(r"/login\?next=/dashboard$"))
+    await expect(page.get_by_text("Please log in to see that page.")).to_be_visible()
+
+    await log_in(page, password="not-the-password")
+    await expect(page.locator("#login-error")).to_have_text("Unknown username or wrong password.")
+    await screenshot(page, "02-login-error")
+
+    await page.goto("/login")
+    await screenshot(page, "03-login")
+    before = await session_cookie_value(context)
+    await log_in(page)
+    await expect(page).to_have_url(re.compile(r"/dashboard$"))
+    await expect(page.get_by_role("heading", name="Hello, Alice Liddell")).to_be_visible()
+    await expect(page.get_by_text("Welcome, Alice Liddell!")).to_be_visible()
+    assert await session_cookie_value(context) not in {None, before}  # a new ID at login
+    await screenshot(page, "04-dashboard")
+
+    await page.goto("/visits")
+    first = int(await page.locator("#visits").inner_text())
+    await page.reload()
+    await expect(page.locator("#visits")).to_have_text(str(first + 1))
+    await page.reload()
+    await expect(page.locator("#visits")).to_have_text(str(first + 2))
+    await screenshot(page, "05-visits")
+
+    await page.goto("/cart/")
+    await expect(page.locator("#cart-empty")).to_be_visible()
+    await page.get_by_role("button", name="Add Loose-leaf tea, 100 g to cart").click()
+    await page.get_by_role("button", name="Add Stoneware mug to cart").click()
+    await page.get_by_role("button", name="Add Stoneware mug to cart").click()
+    await expect(page.locator("#cart-total")).to_have_text("€30.50")
+    await expect(page.locator("#cart-count")).to_have_text("3")
+    await page.get_by_label("Quantity of Loose-leaf tea, 100 g").fill("4")
+    await page.locator('tr[data-product="tea"]').get_by_role("button", name="Update").click()
+    await expect(page.locator("#cart-total")).to_have_text("€50.00")
+    await screenshot(page, "06-cart")
+    await page.get_by_role("button", name="Remove Stoneware mug").click()
+    await expect(page.locator("#cart-total")).to_have_text("€26.00")
+    await expect(page.locator('tr[data-product="mug"]')).to_have_count(0)
+    await page.get_by_role("button", name="Clear cart").click()
+    await expect(page.locator("#cart-empty")).to_be_visible()
+
+    await page.get_by_role("button", name="Log out alice").click()
+    await expect(page).to_have_url(re.compile(r"/\?logged_out=1$"))
+    await expect(page.locator("#logged-out-notice")).to_be_visible()
+    await expect(page.locator("#login-state")).to_have_text("No")
+    assert await session_cookie_value(context) is None
+    await screenshot(page, "07-logged-out")
+
+    await page.goto("/dashboard")
+    await expect(page).to_have_url(re.compile(r"/login\?next=/dashboard$"))
+
+
+async def test_page_scripts_cannot_read_the_session_cookie(
+    page: Page, context: BrowserContext
+) -> None:
+    await log_in(page)
+    await expect(page).to_have_url(re.compile(r"/dashboard$"))
+    [cookie] = [cookie for cookie in await context.cookies() if cookie.get("name") == COOKIE]
+    assert cookie.get("httpOnly") is True
+    assert cookie.get("sameSite") == "Lax"
+    assert COOKIE not in await page.evaluate("document.cookie")
+
+
+async def test_live_visit_over_websocket_is_stored(page: Page) -> None:
+    await page.goto("/visits")
+    start = int(await page.locator("#visits").inner_text())
+    button = page.get_by_role("button", name="Count a visit live")
+    await button.click()
+    await expect(page.locator("#visits")).to_have_text(str(start + 1))
+    await expect(page.locator("#live-status")).to_have_text("Counted live.")
+    await expect(button).to_be_enabled()  # re-enabled once the server closed the socket
+    await button.click()
+    await expect(page.locator("#visits")).to_have_text(str(start + 2))
+    await screenshot(page, "08-visits-live")
+    await page.reload()  # the websocket's changes were stored: this view counts on top
+    await expect(page.locator("#visits")).to_have_text(str(start + 3))
+
+
+async def test_not_found_page(context: BrowserContext) -> None:
+    page = await context.new_page()  # not the fixture: the 404 itself is logged as an error
+    response = await page.goto("/no-such-page")
+    assert response is not None and response.status == 404
+    await expect(page.get_by_role("heading", name="404 · Not Found")).to_be_visible()
+    await screenshot(page, "09-not-found")
+
+
+async def test_secure_cookie_still_works_on_loopback_http(browser: Browser, tmp_path: Path) -> None:
+    """QUARTSESS_COOKIE_SECURE=1 over http://127.0.0.1: Chromium treats loopback as a
+    secure origin, so it keeps and sends the Secure cookie (non-browser clients such as
+    httpx do not; over any other plain-http host browsers drop it too)."""
+    env = server_env(tmp_path / "instance", QUARTSESS_COOKIE_SECURE="1")
+    with hypercorn_server(env, tmp_path / "server.log") as secure_server:
+        context = await browser.new_context(base_url=secure_server.url)
+        try:
+            page = await context.new_page()
+            await page.goto("/visits")
+            await page.reload()
+            await expect(page.locator("#visits")).to_have_text("2")
+            [cookie] = await context.cookies()
+            assert cookie.get("secure") is True
+            assert cookie.get("httpOnly") is True
+        finally:
+            await context.close()

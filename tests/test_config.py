@@ -1,0 +1,166 @@
+"""Start-up validation: bad configuration fails in Session(app) with the setting's name."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart import Quart
+
+from quartsess import ConfigurationError, Session, SessionConfig, generate_key
+
+SQLITE = "sqlite+aiosqlite:///{}"
+
+
+def build(tmp_path: Path, **config: Any) -> Quart:
+    app = Quart(__name__)
+    app.config.update(SECRET_KEY="s" * 32, SESSION_DB_URL=SQLITE.format(tmp_path / "s.db"))
+    app.config.update(config)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("config", "setting", "hint"),
+    [
+        ({"SECRET_KEY": None}, "SECRET_KEY", "SESSION_ENCRYPTION_KEYS"),
+        ({"SESSION_ENCRYPTION_KEYS": ["not-a-key"]}, "SESSION_ENCRYPTION_KEYS", "gen-key"),
+        ({"SESSION_ENCRYPTION_KEYS": 42}, "SESSION_ENCRYPTION_KEYS", "list"),
+        ({"SESSION_DB_URL": "oracle://scott@db/orcl"}, "SESSION_DB_URL", "not supported"),
+        ({"SESSION_DB_URL": "postgresql://u@h/db"}, "SESSION_DB_URL", "asyncpg"),
+        ({"SESSION_DB_URL": "mysql+pymysql://u@h/db"}, "SESSION_DB_URL", "asyncmy"),
+        ({"SESSION_DB_URL": "no url at all"}, "SESSION_DB_URL", "database URL"),
+        ({"SESSION_IDLE_TIMEOUT": -5}, "SESSION_IDLE_TIMEOUT", "positive"),
+        ({"SESSION_IDLE_TIMEOUT": "1h"}, "SESSION_IDLE_TIMEOUT", "timedelta"),
+        ({"SESSION_ABSOLUTE_TIMEOUT": 0}, "SESSION_ABSOLUTE_TIMEOUT", "positive"),
+        ({"SESSION_TOUCH_INTERVAL": 10**9}, "SESSION_TOUCH_INTERVAL", "shorter"),
+        ({"SESSION_PRUNE_INTERVAL": -1}, "SESSION_PRUNE_INTERVAL", ">= 0"),
+        ({"SESSION_MAX_BYTES": 0}, "SESSION_MAX_BYTES", "positive"),
+        ({"SESSION_TABLE": "drop table; --"}, "SESSION_TABLE", "letters"),
+        ({"SESSION_ENGINE_OPTIONS": "pool_size=5"}, "SESSION_ENGINE_OPTIONS", "dict"),
+        ({"SESSION_CREATE_TABLE": "no"}, "SESSION_CREATE_TABLE", "True or False"),
+        ({"SECRET_KEY_FALLBACKS": "old"}, "SECRET_KEY_FALLBACKS", "list"),
+        ({"SECRET_KEY_FALLBACKS": [123]}, "SECRET_KEY_FALLBACKS", "non-empty"),
+        ({"SESSION_ENCRYPTION_KEYS": ["clé-non-ascii"]}, "SESSION_ENCRYPTION_KEYS", "Fernet"),
+        ({"SESSION_IDLE_TIMEOUT": float("inf")}, "SESSION_IDLE_TIMEOUT", "finite"),
+        ({"SESSION_PRUNE_INTERVAL": float("nan")}, "SESSION_PRUNE_INTERVAL", "finite"),
+        ({"SESSION_MAX_BYTES": float("nan")}, "SESSION_MAX_BYTES", "finite"),
+        ({"SESSION_TOUCH_INTERVAL": -0.5}, "SESSION_TOUCH_INTERVAL", "at least 0"),
+        ({"SESSION_TABLE": "1sessions"}, "SESSION_TABLE", "digit"),
+        ({"SESSION_TABLE": "séssions"}, "SESSION_TABLE", "ASCII"),
+        ({"SESSION_TABLE": "s" * 49}, "SESSION_TABLE", "48"),
+        ({"SESSION_DB_URL": "postgresql+psycopg://u@h/db"}, "SESSION_DB_URL", "asyncpg"),
+    ],
+)
+def test_bad_configuration_fails_at_start_up_naming_the_setting(
+    tmp_path: Path, config: dict[str, Any], setting: str, hint: str
+) -> None:
+    app = build(tmp_path, **config)
+    with pytest.raises(ConfigurationError) as raised:
+        Session(app)
+    assert raised.value.setting == setting
+    assert str(raised.value).startswith(setting)
+    assert hint in str(raised.value)
+    assert "quartsess" not in app.extensions
+
+
+def test_a_missing_driver_is_reported_with_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if it were not installed
+    app = build(tmp_path, SESSION_DB_URL="postgresql+asyncpg://u@h/db")
+    with pytest.raises(ConfigurationError, match=r"quartsess\[postgresql\]"):
+        Session(app)
+
+
+def test_timeouts_accept_timedelta_and_seconds(tmp_path: Path) -> None:
+    app = build(
+        tmp_path,
+        SESSION_IDLE_TIMEOUT=timedelta(minutes=30),
+        SESSION_ABSOLUTE_TIMEOUT=86400,
+        SESSION_ENCRYPTION_KEYS=[generate_key()],
+    )
+    config = SessionConfig.from_mapping(app.config, instance_path=app.instance_path)
+    assert (config.idle_timeout, config.absolute_timeout) == (1800, 86400)
+    assert config.keys_derived is False
+
+
+def test_idle_timeout_defaults_to_the_permanent_session_lifetime(tmp_path: Path) -> None:
+    app = build(tmp_path, PERMANENT_SESSION_LIFETIME=timedelta(hours=2))
+    config = SessionConfig.from_mapping(app.config, instance_path=app.instance_path)
+    assert config.idle_timeout == 7200
+
+
+def test_default_database_is_sqlite_in_the_instance_folder(tmp_path: Path) -> None:
+    app = Quart(__name__, instance_path=str(tmp_path / "instance"))
+    app.secret_key = "s" * 32
+    config = SessionConfig.from_mapping(app.config, instance_path=app.instance_path)
+    assert config.db_url.drivername == "sqlite+aiosqlite"
+    assert config.db_url.database == str(tmp_path / "instance" / "quartsess.sqlite3")
+
+
+def test_repr_hides_keys_and_passwords(tmp_path: Path) -> None:
+    key = generate_key()
+    app = build(
+        tmp_path,
+        SESSION_ENCRYPTION_KEYS=[key],
+        SESSION_DB_URL="postgresql+asyncpg://user:pa55word@db/app",
+    )
+    text = repr(SessionConfig.from_mapping(app.config, instance_path=app.instance_path))
+    assert key not in text and "pa55word" not in text
+
+
+def test_misspelled_settings_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    app = build(tmp_path, SESSION_IDLE_TIMOUT=60, SESSION_TABEL="x", SESSION_MY_OWN_THING=1)
+    with caplog.at_level(logging.WARNING, logger="quartsess"):
+        Session(app)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("SESSION_IDLE_TIMOUT" in m and "SESSION_IDLE_TIMEOUT?" in m for m in messages)
+    assert any("SESSION_TABEL" in m and "SESSION_TABLE?" in m for m in messages)
+    assert not any("SESSION_MY_OWN_THING" in m for m in messages)
+
+
+async def test_insecure_cookie_settings_are_warned_about_outside_debug(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = build(tmp_path, SESSION_COOKIE_HTTPONLY=False)
+    Session(app)
+    with caplog.at_level(logging.WARNING, logger="quartsess"):
+        async with app.test_app():
+            pass
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "SESSION_COOKIE_SECURE" in messages and "SESSION_COOKIE_HTTPONLY" in messages
+
+
+async def test_no_cookie_warnings_when_testing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = build(tmp_path, TESTING=True)
+    Session(app)
+    with caplog.at_level(logging.WARNING, logger="quartsess"):
+        async with app.test_app():
+            pass
+    assert caplog.records == []
+
+
+def test_init_app_pattern_and_extension_registry(tmp_path: Path) -> None:
+    extension = Session()
+    app = build(tmp_path)
+    extension.init_app(app)
+    assert app.extensions["quartsess"] is extension
+    assert extension.interface_for(app) is app.session_interface
+
+
+def test_a_one_second_idle_timeout_needs_no_other_setting(tmp_path: Path) -> None:
+    app = build(tmp_path, SESSION_IDLE_TIMEOUT=1)
+    config = SessionConfig.from_mapping(app.config, instance_path=app.instance_path)
+    assert (config.idle_timeout, config.touch_interval) == (1, 0)
+
+
+def test_a_plain_mapping_gets_the_default_lifetime(tmp_path: Path) -> None:
+    config = SessionConfig.from_mapping({"SECRET_KEY": "k" * 32}, instance_path=str(tmp_path))
+    assert config.idle_timeout == 31 * 24 * 3600

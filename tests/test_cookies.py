@@ -1,0 +1,103 @@
+"""Cookie flags, Vary and caching headers, permanent sessions, overridable helpers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from quart import Quart
+
+from quartsess import ServerSessionInterface, Session
+from tests.conftest import AppFactory, FakeClock
+from tests.support import add_routes, session_cookie, stored_rows
+
+
+def set_cookie_header(response: object, name: str = "session") -> str:
+    for header in response.headers.getlist("Set-Cookie"):  # type: ignore[attr-defined]
+        if header.startswith(f"{name}="):
+            return str(header)
+    raise AssertionError(f"no Set-Cookie for {name}")
+
+
+async def test_new_session_cookie_flags_and_headers(make_app: AppFactory) -> None:
+    app = add_routes(make_app())
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/visits")
+    header = set_cookie_header(response)
+    assert "HttpOnly" in header
+    assert "SameSite=Lax" in header
+    assert "Path=/" in header
+    assert "Expires" not in header  # not permanent: a browser-session cookie
+    assert response.headers["Vary"] == "Cookie"
+    assert "private" in response.headers["Cache-Control"]
+    assert "public" not in response.headers["Cache-Control"]
+
+
+async def test_a_page_that_ignores_the_session_gets_no_vary_and_no_cookie(
+    make_app: AppFactory,
+) -> None:
+    app = add_routes(make_app())
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await client.get("/visits")
+        response = await client.get("/static-page")
+    assert "Vary" not in response.headers
+    assert session_cookie(response) is None
+
+
+async def test_configured_cookie_settings_are_used(make_app: AppFactory) -> None:
+    app = add_routes(
+        make_app(
+            SESSION_COOKIE_NAME="sid",
+            SESSION_COOKIE_SAMESITE="Strict",
+            SESSION_COOKIE_SECURE=True,
+            SESSION_COOKIE_DOMAIN="example.test",
+            SESSION_COOKIE_PATH="/app",
+        )
+    )
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/visits")
+    header = set_cookie_header(response, "sid")
+    for flag in ("SameSite=Strict", "Secure", "Domain=example.test", "Path=/app"):
+        assert flag in header
+
+
+async def test_permanent_session_cookie_expires_with_the_row(
+    make_app: AppFactory, clock: FakeClock
+) -> None:
+    app = add_routes(make_app(SESSION_IDLE_TIMEOUT=3600, SESSION_TOUCH_INTERVAL=60))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await client.get("/visits")
+        response = await client.post("/permanent")
+        [row] = await stored_rows(app)
+        expires = datetime.fromtimestamp(row.expires_at, UTC).strftime("%d %b %Y %H:%M:%S")
+        assert "Expires=" in set_cookie_header(response)
+        assert expires in set_cookie_header(response)
+
+        clock.advance(10)
+        assert session_cookie(await client.get("/get/visits")) is None  # no touch yet
+        clock.advance(60)
+        refreshed = await client.get("/get/visits")  # touch: the cookie follows the row
+        [row] = await stored_rows(app)
+        expires = datetime.fromtimestamp(row.expires_at, UTC).strftime("%d %b %Y %H:%M:%S")
+        assert expires in set_cookie_header(refreshed)
+
+
+class SecureAlways(ServerSessionInterface):
+    def get_cookie_secure(self, app: Quart) -> bool:
+        return True
+
+
+class SecureSession(Session):
+    interface_class = SecureAlways
+
+
+async def test_apps_can_override_cookie_helpers(db_url: str, table_name: str) -> None:
+    app = add_routes(Quart(__name__))
+    app.config.update(
+        SECRET_KEY="k" * 32, SESSION_DB_URL=db_url, SESSION_TABLE=table_name, TESTING=True
+    )
+    SecureSession(app)
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/visits")
+    assert "Secure" in set_cookie_header(response)

@@ -1,0 +1,541 @@
+"""Route tests for the sample app (app/) through Quart's test client, on a fresh SQLite file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart import Quart
+from quart import typing as quart_typing
+from quart.testing import QuartClient, WebsocketResponseError
+from quart.wrappers import Response
+
+from app import create_app
+
+SECRET = "test-secret-key-for-the-sample-app"
+COOKIE = "quartsess_demo"
+TOKEN_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+TOKEN_META = re.compile(r'name="csrf-token" content="([^"]+)"')
+
+
+def build_app(tmp_path: Path, **config: Any) -> Quart:
+    settings: dict[str, Any] = {
+        "TESTING": True,
+        "SECRET_KEY": SECRET,
+        "SESSION_DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'sessions.sqlite3'}",
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+    }
+    settings.update(config)
+    return create_app(settings)
+
+
+APP_VARIABLES = (
+    "QUARTSESS_SECRET_KEY",
+    "QUARTSESS_DB_URL",
+    "QUARTSESS_TABLE",
+    "QUARTSESS_COOKIE_SECURE",
+    "QUARTSESS_INSTANCE_PATH",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's own environment variables must not leak in from the test runner."""
+    for variable in APP_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[QuartClient]:
+    app = build_app(tmp_path)
+    async with app.test_app() as test_app:
+        yield new_client(test_app)
+
+
+def new_client(test_app: quart_typing.TestAppProtocol) -> QuartClient:
+    client = test_app.test_client()
+    assert isinstance(client, QuartClient)
+    return client
+
+
+async def text_of(response: Response) -> str:
+    return await response.get_data(as_text=True)
+
+
+def session_cookie(client: QuartClient) -> str | None:
+    assert client.cookie_jar is not None
+    for cookie in client.cookie_jar:
+        if cookie.name == COOKIE:
+            return cookie.value
+    return None
+
+
+def set_cookies(response: Response) -> list[str]:
+    return response.headers.getlist("Set-Cookie")
+
+
+async def form_token(client: QuartClient, path: str) -> str:
+    """Load a page with a form and return its CSRF token."""
+    response = await client.get(path)
+    assert response.status_code == 200
+    match = TOKEN_FIELD.search(await text_of(response))
+    assert match is not None, f"no csrf_token field on {path}"
+    return match.group(1)
+
+
+async def log_in(
+    client: QuartClient,
+    username: str = "alice",
+    password: str = "wonderland",  # noqa: S107
+) -> Response:
+    token = await form_token(client, "/login")
+    return await client.post(
+        "/login", form={"username": username, "password": password, "csrf_token": token}
+    )
+
+
+async def test_home_logged_out_is_read_only(client: QuartClient) -> None:
+    response = await client.get("/")
+    body = await text_of(response)
+    assert response.status_code == 200
+    assert '<dd id="login-state">No</dd>' in body
+    assert '<dd id="visit-count">0</dd>' in body
+    assert set_cookies(response) == []  # looking at the home page stores nothing
+
+
+async def test_pages_send_security_headers(client: QuartClient) -> None:
+    response = await client.get("/")
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_static_css_is_served(client: QuartClient) -> None:
+    response = await client.get("/static/style.css")
+    assert response.status_code == 200
+    assert "--accent" in await text_of(response)
+
+
+async def test_login_page_shows_demo_credentials(client: QuartClient) -> None:
+    response = await client.get("/login")
+    body = await text_of(response)
+    assert response.status_code == 200
+    for text in ("alice", "wonderland", "bob", "builder", 'name="csrf_token"'):
+        assert text in body
+    assert "scrypt" not in body.split("</table>")[0]  # hashes never reach the page
+
+
+async def test_login_regenerates_the_session_and_redirects(client: QuartClient) -> None:
+    token = await form_token(client, "/login")
+    before = session_cookie(client)
+    assert before is not None  # the form's CSRF token lives in a stored session
+    response = await client.post(
+        "/login", form={"username": "alice", "password": "wonderland", "csrf_token": token}
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/dashboard"
+    after = session_cookie(client)
+    assert after is not None and after != before
+
+    dashboard = await client.get("/dashboard")
+    body = await text_of(dashboard)
+    assert dashboard.status_code == 200
+    assert "Hello, Alice Liddell" in body
+    assert "Welcome, Alice Liddell!" in body  # the flash message, shown once
+    assert "Welcome, Alice Liddell!" not in await text_of(await client.get("/dashboard"))
+
+
+async def test_old_session_id_is_dead_after_login(client: QuartClient) -> None:
+    await form_token(client, "/login")
+    before = session_cookie(client)
+    assert before is not None
+    await log_in(client)
+    client.set_cookie("localhost", COOKIE, before)  # replay the pre-login ID
+    response = await client.get("/dashboard")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/login")
+
+
+async def test_bad_password_shows_error_and_changes_nothing(client: QuartClient) -> None:
+    token = await form_token(client, "/login")
+    before = session_cookie(client)
+    response = await client.post(
+        "/login", form={"username": "alice", "password": "nope", "csrf_token": token}
+    )
+    body = await text_of(response)
+    assert response.status_code == 200
+    assert "Unknown username or wrong password." in body
+    assert 'value="alice"' in body  # the username is kept in the form, the password not
+    assert set_cookies(response) == []
+    assert session_cookie(client) == before
+    assert (await client.get("/dashboard")).status_code == 302
+
+
+async def test_unknown_user_gets_the_same_error(client: QuartClient) -> None:
+    response = await log_in(client, username="mallory", password="wonderland")
+    assert "Unknown username or wrong password." in await text_of(response)
+    assert set_cookies(response) == []
+
+
+async def test_login_without_csrf_token_is_refused(client: QuartClient) -> None:
+    await form_token(client, "/login")
+    response = await client.post("/login", form={"username": "alice", "password": "wonderland"})
+    assert response.status_code == 400
+    assert "security token" in await text_of(response)
+    assert (await client.get("/dashboard")).status_code == 302
+
+
+async def test_login_with_wrong_csrf_token_is_refused(client: QuartClient) -> None:
+    token = await form_token(client, "/login")
+    response = await client.post(
+        "/login",
+        form={"username": "alice", "password": "wonderland", "csrf_token": token[:-2] + "xx"},
+    )
+    assert response.status_code == 400
+
+
+async def test_post_without_any_session_is_refused(client: QuartClient) -> None:
+    response = await client.post(
+        "/login", form={"username": "alice", "password": "wonderland", "csrf_token": "guess"}
+    )
+    assert response.status_code == 400
+    assert set_cookies(response) == []
+
+
+async def test_csrf_token_is_accepted_from_a_header(client: QuartClient) -> None:
+    token = await form_token(client, "/cart/")
+    response = await client.post(
+        "/cart/add", form={"product_id": "tea"}, headers={"X-CSRF-Token": token}
+    )
+    assert response.status_code == 302
+
+
+async def test_csrf_token_changes_at_login(client: QuartClient) -> None:
+    before = await form_token(client, "/login")
+    await log_in(client)
+    after = await form_token(client, "/cart/")
+    assert after != before
+
+
+async def test_dashboard_redirects_logged_out_visitors_to_login(client: QuartClient) -> None:
+    response = await client.get("/dashboard")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login?next=/dashboard"
+    login = await client.get(response.headers["Location"])
+    body = await text_of(login)
+    assert "Please log in to see that page." in body
+    assert 'name="next" value="/dashboard"' in body
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/cart/", "/cart/"),
+        ("//evil.example/", "/dashboard"),
+        ("https://evil.example/", "/dashboard"),
+        ("/\\evil.example", "/dashboard"),
+        ("", "/dashboard"),
+    ],
+)
+async def test_login_continues_only_to_local_pages(
+    client: QuartClient, target: str, expected: str
+) -> None:
+    token = await form_token(client, "/login")
+    response = await client.post(
+        "/login",
+        form={"username": "bob", "password": "builder", "csrf_token": token, "next": target},
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == expected
+
+
+async def test_login_page_sends_logged_in_users_to_dashboard(client: QuartClient) -> None:
+    await log_in(client)
+    response = await client.get("/login")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/dashboard"
+
+
+async def test_home_shows_the_logged_in_user(client: QuartClient) -> None:
+    await log_in(client, "bob", "builder")
+    body = await text_of(await client.get("/"))
+    assert "Yes, as <strong>Bob the Builder</strong>" in body
+    assert "Log out bob" in body
+
+
+async def test_logout_deletes_session_and_cookie(client: QuartClient) -> None:
+    await log_in(client)
+    logged_in = session_cookie(client)
+    assert logged_in is not None
+    token = await form_token(client, "/dashboard")
+    response = await client.post("/logout", form={"csrf_token": token})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/?logged_out=1"
+    [deletion] = set_cookies(response)
+    assert deletion.startswith(f"{COOKIE}=;") and "Expires=Thu, 01 Jan 1970" in deletion
+    assert session_cookie(client) is None
+
+    home = await text_of(await client.get("/?logged_out=1"))
+    assert "You have been logged out." in home
+    client.set_cookie("localhost", COOKIE, logged_in)  # the old ID is dead server-side
+    assert (await client.get("/dashboard")).status_code == 302
+
+
+async def test_logout_needs_post_and_csrf_token(client: QuartClient) -> None:
+    await log_in(client)
+    assert (await client.get("/logout")).status_code == 405
+    assert (await client.post("/logout")).status_code == 400
+    assert (await client.post("/logout", form={"csrf_token": "wrong"})).status_code == 400
+    assert (await client.get("/dashboard")).status_code == 200
+
+
+async def test_visits_counter_rises_on_each_view(client: QuartClient) -> None:
+    for expected in (1, 2, 3):
+        body = await text_of(await client.get("/visits"))
+        assert f'<output id="visits" aria-live="polite">{expected}</output>' in body
+    assert '<dd id="visit-count">3</dd>' in await text_of(await client.get("/"))
+
+
+async def test_visits_survive_login(client: QuartClient) -> None:
+    await client.get("/visits")
+    await client.get("/visits")
+    await log_in(client)
+    assert '<dd id="visit-count">2</dd>' in await text_of(await client.get("/"))
+
+
+async def test_session_cookie_flags(client: QuartClient) -> None:
+    response = await client.get("/visits")
+    [cookie] = set_cookies(response)
+    assert cookie.startswith(f"{COOKIE}=")
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+    assert "Secure" not in cookie  # plain http on loopback unless QUARTSESS_COOKIE_SECURE=1
+    assert "Cookie" in response.headers["Vary"]
+
+
+async def test_secure_cookie_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QUARTSESS_COOKIE_SECURE", "1")
+    app = build_app(tmp_path)
+    async with app.test_app() as test_app:
+        response = await new_client(test_app).get("/visits")
+    [cookie] = set_cookies(response)
+    assert "Secure" in cookie
+
+
+# -- cart ---------------------------------------------------------------------------------
+
+
+async def cart_post(client: QuartClient, action: str, **form: str) -> Response:
+    token = await form_token(client, "/cart/")
+    return await client.post(f"/cart/{action}", form={"csrf_token": token, **form})
+
+
+async def test_cart_starts_empty_with_products(client: QuartClient) -> None:
+    body = await text_of(await client.get("/cart/"))
+    assert "Your cart is empty." in body
+    assert '<a href="/cart/" aria-current="page">Cart' in body
+    for name in ("Loose-leaf tea, 100 g", "Stoneware mug", "Gooseneck kettle"):
+        assert name in body
+
+
+async def test_cart_add_update_remove_clear_and_total(client: QuartClient) -> None:
+    response = await cart_post(client, "add", product_id="tea")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/cart/"
+    await cart_post(client, "add", product_id="tea")
+    await cart_post(client, "add", product_id="mug", quantity="3")
+    body = await text_of(await client.get("/cart/"))
+    assert 'id="qty-tea" name="quantity" type="number" min="0" max="99" value="2"' in body
+    assert 'id="cart-total">€49.00<' in body  # 2 x 6.50 + 3 x 12.00
+    assert '<span class="badge" id="cart-count">5</span>' in body
+
+    await cart_post(client, "update", product_id="mug", quantity="1")
+    assert 'id="cart-total">€25.00<' in await text_of(await client.get("/cart/"))
+
+    await cart_post(client, "remove", product_id="tea")
+    body = await text_of(await client.get("/cart/"))
+    assert 'data-product="tea"' not in body
+    assert 'id="cart-total">€12.00<' in body
+
+    await cart_post(client, "update", product_id="mug", quantity="0")  # 0 removes
+    assert "Your cart is empty." in await text_of(await client.get("/cart/"))
+
+    await cart_post(client, "add", product_id="kettle")
+    response = await cart_post(client, "clear")
+    assert response.status_code == 302
+    body = await text_of(await client.get("/cart/"))
+    assert "Your cart is empty." in body
+    assert "Your cart is empty now." in body  # flash
+
+
+async def test_cart_quantity_is_capped(client: QuartClient) -> None:
+    await cart_post(client, "add", product_id="biscuits", quantity="90")
+    await cart_post(client, "add", product_id="biscuits", quantity="90")
+    assert 'value="99"' in await text_of(await client.get("/cart/"))
+
+
+async def test_cart_survives_login_and_logout_empties_it(client: QuartClient) -> None:
+    await cart_post(client, "add", product_id="kettle")
+    await log_in(client)
+    assert 'data-product="kettle"' in await text_of(await client.get("/cart/"))
+    await cart_post(client, "clear")
+    await cart_post(client, "add", product_id="tea")
+    token = await form_token(client, "/cart/")
+    await client.post("/logout", form={"csrf_token": token})
+    assert "Your cart is empty." in await text_of(await client.get("/cart/"))
+
+
+async def test_cart_unknown_product_is_404(client: QuartClient) -> None:
+    response = await cart_post(client, "add", product_id="unicorn")
+    assert response.status_code == 404
+    assert "There is no such product." in await text_of(response)
+
+
+@pytest.mark.parametrize("action", ["remove", "update"])
+async def test_cart_item_not_in_cart_is_404(client: QuartClient, action: str) -> None:
+    await cart_post(client, "add", product_id="tea")
+    response = await cart_post(client, action, product_id="mug", quantity="2")
+    assert response.status_code == 404
+    assert "not in your cart" in await text_of(response)
+    assert 'data-product="tea"' in await text_of(await client.get("/cart/"))
+
+
+@pytest.mark.parametrize("quantity", ["-1", "100", "two", "1.5", ""])
+async def test_cart_bad_quantity_is_400(client: QuartClient, quantity: str) -> None:
+    await cart_post(client, "add", product_id="tea")
+    response = await cart_post(client, "update", product_id="tea", quantity=quantity)
+    assert response.status_code == 400
+    assert 'value="1"' in await text_of(await client.get("/cart/"))
+
+
+async def test_cart_add_zero_is_400(client: QuartClient) -> None:
+    response = await cart_post(client, "add", product_id="tea", quantity="0")
+    assert response.status_code == 400
+
+
+async def test_cart_changes_need_csrf_token(client: QuartClient) -> None:
+    await client.get("/cart/")
+    for action in ("add", "update", "remove", "clear"):
+        response = await client.post(f"/cart/{action}", form={"product_id": "tea"})
+        assert response.status_code == 400, action
+    assert "Your cart is empty." in await text_of(await client.get("/cart/"))
+
+
+async def test_unknown_page_is_a_404_page(client: QuartClient) -> None:
+    response = await client.get("/nowhere")
+    assert response.status_code == 404
+    assert "404 · Not Found" in await text_of(response)
+
+
+# -- websocket ----------------------------------------------------------------------------
+
+ORIGIN = {"Origin": "http://localhost"}
+
+
+async def visits_token(client: QuartClient) -> str:
+    match = TOKEN_META.search(await text_of(await client.get("/visits")))
+    assert match is not None
+    return match.group(1)
+
+
+async def socket_call(client: QuartClient, message: object, **headers: str) -> Any:
+    async with client.websocket("/ws/visits", headers={**ORIGIN, **headers}) as socket:
+        await socket.send(json.dumps(message))
+        return json.loads(await socket.receive())
+
+
+async def test_websocket_counts_a_visit_and_it_is_stored(client: QuartClient) -> None:
+    token = await visits_token(client)  # visit 1
+    assert await socket_call(client, {"action": "visit", "csrf_token": token}) == {"visits": 2}
+    assert await socket_call(client, {"action": "visit", "csrf_token": token}) == {"visits": 3}
+    assert await socket_call(client, {"action": "read", "csrf_token": token}) == {"visits": 3}
+    body = await text_of(await client.get("/visits"))  # the websocket's changes were saved
+    assert '<output id="visits" aria-live="polite">4</output>' in body
+
+
+async def test_websocket_needs_the_csrf_token(client: QuartClient) -> None:
+    await visits_token(client)
+    reply = await socket_call(client, {"action": "visit", "csrf_token": "wrong"})
+    assert reply == {"error": "missing or wrong csrf_token"}
+    assert await socket_call(client, {"action": "visit"}) == reply
+    assert '<dd id="visit-count">1</dd>' in await text_of(await client.get("/"))
+
+
+async def test_websocket_without_a_session_changes_nothing(client: QuartClient) -> None:
+    reply = await socket_call(client, {"action": "visit", "csrf_token": "anything"})
+    assert reply == {"error": "missing or wrong csrf_token"}
+    assert session_cookie(client) is None
+
+
+async def test_websocket_rejects_unknown_messages(client: QuartClient) -> None:
+    token = await visits_token(client)
+    assert await socket_call(client, {"action": "reset", "csrf_token": token}) == {
+        "error": "unknown action"
+    }
+    async with client.websocket("/ws/visits", headers=ORIGIN) as socket:
+        await socket.send("not json")
+        assert json.loads(await socket.receive()) == {"error": "unknown action"}
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", None])
+async def test_websocket_refuses_other_origins(client: QuartClient, origin: str | None) -> None:
+    await visits_token(client)
+    headers = {"Origin": origin} if origin else {}
+    with pytest.raises(WebsocketResponseError) as refused:
+        async with client.websocket("/ws/visits", headers=headers) as socket:
+            await socket.send(json.dumps({"action": "read"}))
+            await socket.receive()
+    assert refused.value.response.status_code == 403
+
+
+# -- set-up -------------------------------------------------------------------------------
+
+
+async def test_secret_key_is_generated_once_into_the_instance_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("QUARTSESS_SECRET_KEY", raising=False)
+    first = build_app(tmp_path, SECRET_KEY=None)
+    key_file = tmp_path / "instance" / "secret_key"
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    assert first.secret_key == key_file.read_text().strip()
+    assert len(str(first.secret_key)) >= 40
+    second = build_app(tmp_path, SECRET_KEY=None)
+    assert second.secret_key == first.secret_key
+    assert [path.name for path in key_file.parent.iterdir()] == ["secret_key"]
+
+
+async def test_secret_key_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUARTSESS_SECRET_KEY", "from-the-environment-0123456789")
+    app = build_app(tmp_path, SECRET_KEY=None)
+    assert app.secret_key == "from-the-environment-0123456789"
+    assert not (tmp_path / "instance" / "secret_key").exists()
+
+
+async def test_sessions_survive_an_app_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("QUARTSESS_SECRET_KEY", raising=False)
+    monkeypatch.delenv("QUARTSESS_DB_URL", raising=False)
+    config = {"SECRET_KEY": None, "SESSION_DB_URL": None}  # everything from instance/
+    first = build_app(tmp_path, **config)
+    async with first.test_app() as test_app:
+        client = new_client(test_app)
+        await log_in(client)
+        cookie = session_cookie(client)
+    assert cookie is not None
+    assert (tmp_path / "instance" / "quartsess.sqlite3").exists()
+
+    second = build_app(tmp_path, **config)
+    async with second.test_app() as test_app:
+        client = new_client(test_app)
+        client.set_cookie("localhost", COOKIE, cookie)
+        assert (await client.get("/dashboard")).status_code == 200

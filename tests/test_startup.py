@@ -1,0 +1,51 @@
+"""Several workers starting at the same moment, and the table they share."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
+
+from quartsess.store import SessionStore, StoredSession
+
+WORKERS = 6
+
+
+async def test_workers_creating_the_table_at_once_do_not_crash(
+    db_url: str, table_name: str
+) -> None:
+    stores = [SessionStore.from_url(make_url(db_url), table_name, {}) for _ in range(WORKERS)]
+    try:
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(store.prepare(create_table=True) for store in stores))
+        row = StoredSession("ab" * 32, b"payload", 1, 1, 1, 2)
+        await stores[0].insert(row)
+        assert await stores[-1].load(row.id_hash) == row
+
+        async def indexes(connection: object) -> list[str]:
+            def names(sync_connection: object) -> list[str]:
+                found = inspect(sync_connection).get_indexes(table_name)
+                return [str(index["name"]) for index in found]
+
+            return await connection.run_sync(names)  # type: ignore[attr-defined, no-any-return]
+
+        assert await stores[0].run(indexes) == [f"ix_{table_name}_expires_at"]
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_table_creation_can_be_turned_off(db_url: str, table_name: str) -> None:
+    store = SessionStore.from_url(make_url(db_url), table_name, {})
+    try:
+        await store.prepare(create_table=False)
+
+        async def exists(connection: object) -> bool:
+            return await connection.run_sync(  # type: ignore[attr-defined, no-any-return]
+                lambda sync: inspect(sync).has_table(table_name)
+            )
+
+        assert await store.run(exists) is False
+    finally:
+        await store.close()
