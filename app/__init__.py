@@ -1,0 +1,89 @@
+"""The quartsess sample app: log in, count visits, fill a cart; sessions stored in SQL.
+
+Serve it with ``hypercorn --config hypercorn.toml 'app:create_app()'``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+from quart import Quart, Response, ResponseReturnValue, render_template
+from werkzeug.exceptions import HTTPException
+
+from quartsess import Session
+from quartsess.errors import SessionStoreUnavailable
+
+from . import auth, cart, views
+from .auth import current_user
+from .cart import cart_count, money
+from .csrf import check_csrf, csrf_token
+from .secret import load_secret_key
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+# A strict policy works because the pages have no inline script or style.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "object-src 'none'"
+)
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Quart:
+    """Build the app. Settings come from, in order: defaults, the environment, ``test_config``.
+
+    Environment: ``QUARTSESS_SECRET_KEY`` (else a key generated once into
+    ``instance/secret_key``), ``QUARTSESS_DB_URL`` (else SQLite in ``instance/``),
+    ``QUARTSESS_TABLE`` (else ``quart_sessions``), ``QUARTSESS_COOKIE_SECURE`` (``1`` when
+    served over HTTPS), ``QUARTSESS_INSTANCE_PATH`` (else ``instance/`` next to ``app/``).
+    """
+    test_config = dict(test_config or {})
+    instance_path = test_config.pop("INSTANCE_PATH", None) or os.environ.get(
+        "QUARTSESS_INSTANCE_PATH"
+    )
+    app = Quart(__name__, instance_path=os.path.abspath(instance_path) if instance_path else None)
+    app.config.update(
+        SESSION_IDLE_TIMEOUT=timedelta(hours=2),
+        SESSION_ABSOLUTE_TIMEOUT=timedelta(hours=12),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=2),
+        SESSION_COOKIE_NAME="quartsess_demo",
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=os.environ.get("QUARTSESS_COOKIE_SECURE", "").lower() in TRUE_WORDS,
+    )
+    for variable, setting in (
+        ("QUARTSESS_DB_URL", "SESSION_DB_URL"),
+        ("QUARTSESS_TABLE", "SESSION_TABLE"),
+    ):
+        if os.environ.get(variable):
+            app.config[setting] = os.environ[variable]
+    app.config.update(test_config)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = load_secret_key(app.instance_path)
+
+    Session(app)
+    app.register_blueprint(views.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(cart.bp)
+    app.before_request(check_csrf)
+    app.after_request(_security_headers)
+    app.register_error_handler(HTTPException, _http_error)
+    app.jinja_env.globals.update(csrf_token=csrf_token, current_user=current_user)
+    app.jinja_env.globals.update(cart_count=cart_count)
+    app.jinja_env.filters["money"] = money
+    return app
+
+
+async def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
+async def _http_error(error: HTTPException) -> ResponseReturnValue:
+    # With the session store down, any use of the session would fail again.
+    use_session = not isinstance(error, SessionStoreUnavailable)
+    body = await render_template("error.html", error=error, use_session=use_session)
+    return body, error.code or 500

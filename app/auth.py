@@ -1,0 +1,146 @@
+"""Log in, log out, and the ``login_required`` decorator."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import ParamSpec, TypeVar, cast
+from urllib.parse import urlsplit
+
+from quart import (
+    Blueprint,
+    ResponseReturnValue,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from werkzeug.security import check_password_hash
+
+from quartsess import ServerSession
+
+from .csrf import rotate_csrf_token
+
+bp = Blueprint("auth", __name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class DemoUser:
+    """A user of the demo; the password is shown on the login page, only its hash is here."""
+
+    username: str
+    display_name: str
+    demo_password: str
+    password_hash: str
+
+
+# Hashes made with werkzeug.security.generate_password_hash(password, method="scrypt").
+USERS: dict[str, DemoUser] = {
+    user.username: user
+    for user in (
+        DemoUser(
+            "alice",
+            "Alice Liddell",
+            "wonderland",
+            "scrypt:32768:8:1$akcb2640jXzo8zsK$1099775e6709fc7e917e2264906aa8c06254ae273750b53"
+            "3a91f608b2a8c1bf3c71045ca928b8b240e41c78b12f8b97dcd13a8ed6fea572ffa4be936b757cdd9",
+        ),
+        DemoUser(
+            "bob",
+            "Bob the Builder",
+            "builder",
+            "scrypt:32768:8:1$O7VcEvRCUbCqP2fu$02c468da4ccd59f0c3cb40cbe6308c420ea869d5254d2ea"
+            "7e5818aa76638241fb6e072660aeedb636f34294025a544c6ae0fb4d92562174a2e207c33e3d2ddaa",
+        ),
+    )
+}
+# Checked for unknown usernames too, so a wrong name costs as long as a wrong password.
+_DUMMY_HASH = USERS["alice"].password_hash
+
+
+def current_user() -> DemoUser | None:
+    """The logged-in user, or ``None``."""
+    username = session.get("user")
+    return USERS.get(username) if isinstance(username, str) else None
+
+
+def login_required(
+    view: Callable[P, Awaitable[R]],
+) -> Callable[P, Awaitable[R | ResponseReturnValue]]:
+    """Send logged-out visitors to the login page, coming back here afterwards."""
+
+    @wraps(view)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | ResponseReturnValue:
+        if current_user() is None:
+            await flash("Please log in to see that page.", "info")
+            return redirect(url_for("auth.login", next=request.path))
+        return await view(*args, **kwargs)
+
+    return wrapper
+
+
+async def authenticate(username: str, password: str) -> DemoUser | None:
+    """The user whose password this is, or ``None``. Hashing runs off the event loop."""
+    user = USERS.get(username)
+    stored = user.password_hash if user else _DUMMY_HASH
+    matches = await asyncio.to_thread(check_password_hash, stored, password)
+    return user if matches and user is not None else None
+
+
+def safe_next(target: str | None) -> str:
+    """A local path to continue to after login; anything else becomes the dashboard."""
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and target.startswith("/") and "\\" not in target:
+            if not target.startswith("//"):
+                return target
+    return url_for("main.dashboard")
+
+
+@bp.get("/login")
+async def login() -> ResponseReturnValue:
+    """The login form, with the demo credentials."""
+    if current_user() is not None:
+        return redirect(url_for("main.dashboard"))
+    return await render_template(
+        "login.html",
+        users=list(USERS.values()),
+        next=request.args.get("next", ""),
+        username="",
+        error=None,
+    )
+
+
+@bp.post("/login")
+async def login_submit() -> ResponseReturnValue:
+    """Check the credentials; on success move the session to a new ID and log in."""
+    form = await request.form
+    username = form.get("username", "").strip()
+    user = await authenticate(username, form.get("password", ""))
+    if user is None:
+        # No flash and no other write: a failed login leaves the session as it was.
+        error = "Unknown username or wrong password."
+        context = {"users": list(USERS.values()), "next": form.get("next", "")}
+        body = await render_template("login.html", username=username, error=error, **context)
+        return body, 200
+    # A new ID at login defeats session fixation. (quart.session is typed as the
+    # generic SessionMixin; the object behind it is quartsess's ServerSession.)
+    cast(ServerSession, session).regenerate()
+    rotate_csrf_token()
+    session["user"] = user.username
+    await flash(f"Welcome, {user.display_name}!", "success")
+    return redirect(safe_next(form.get("next")))
+
+
+@bp.post("/logout")
+async def logout() -> ResponseReturnValue:
+    """Delete the session server-side and its cookie."""
+    session.clear()
+    return redirect(url_for("main.index", logged_out=1))
