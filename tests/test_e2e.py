@@ -1,5 +1,5 @@
 """End to end: the sample app in a real hypercorn process (hypercorn.toml, two workers),
-driven over HTTP with a cookie-keeping client; once on one SQLite file, once on PostgreSQL.
+driven over HTTP with a cookie-keeping client: on one SQLite file, on PostgreSQL, on MariaDB.
 """
 
 from __future__ import annotations
@@ -222,18 +222,18 @@ async def test_two_workers_on_one_sqlite_file_and_a_restart(
     await log_out_and_check(second, session_id)
 
 
-@pytest.fixture
-async def postgres_table() -> AsyncIterator[tuple[str, str]]:
-    url = await require_server("postgresql")
+@pytest.fixture(params=["postgresql", "mariadb"])
+async def server_table(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, str]]:
+    url = await require_server(request.param)
     table = f"qs_e2e_{uuid.uuid4().hex[:12]}"
     yield url, table
     await drop_table(url, table)
 
 
-async def test_two_workers_on_postgresql(
-    tmp_path: Path, postgres_table: tuple[str, str], serve: ServerFactory
+async def test_two_workers_on_a_database_server(
+    tmp_path: Path, server_table: tuple[str, str], serve: ServerFactory
 ) -> None:
-    url, table = postgres_table
+    url, table = server_table
     env = server_env(
         tmp_path / "instance",
         QUARTSESS_DB_URL=url,
