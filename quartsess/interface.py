@@ -15,6 +15,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from .codec import PayloadCodec
 from .config import SessionConfig
+from .eager import start_eagerly
 from .errors import InvalidPayload, SessionStoreUnavailable
 from .ids import hash_session_id, is_well_formed, log_id, new_session_id
 from .session import ServerSession, UnavailableSession
@@ -159,8 +160,11 @@ class ServerSessionInterface(SessionInterface):
             return  # the common read-only request: no statement, so no task either
         # A client that disconnects cancels the request task (always so for websockets,
         # whose save runs after the handler); the write must finish regardless, and the
-        # next request of the same session in this process waits for it.
-        save = asyncio.ensure_future(self._save_or_report(app, session, response, plaintext))
+        # next request of the same session in this process waits for it. A write that
+        # never waits (SQLite's inline path) is done before anything could cancel it.
+        save = start_eagerly(self._save_or_report(app, session, response, plaintext))
+        if save is None:
+            return
         self._saves.add(save)
         save.add_done_callback(self._saves.discard)
         record = session._record
