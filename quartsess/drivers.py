@@ -11,6 +11,7 @@ statistics, key rotation) always go through SQLAlchemy.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import time
@@ -20,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -27,6 +29,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from .errors import StoreError
 
 Row = Sequence[Any]
+
+logger = logging.getLogger("quartsess")
 
 
 class CompiledStatement:
@@ -44,6 +48,17 @@ class CompiledStatement:
 
     def arguments(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(params[name] for name in self.order)
+
+
+DEADLOCK_RETRIES = 3
+MYSQL_DEADLOCK = 1213
+MYSQL_LOCK_WAIT_TIMEOUT = 1205
+
+
+def mysql_error_code(error: DBAPIError) -> int | None:
+    """MariaDB/MySQL's error number behind a SQLAlchemy error, if it has one."""
+    args: tuple[Any, ...] = tuple(getattr(error.orig, "args", None) or ())
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 class StatementRunner(Protocol):
@@ -82,8 +97,20 @@ class SqlAlchemyRunner:
         async def work(connection: AsyncConnection) -> int:
             return int((await connection.execute(statement.statement, dict(params))).rowcount)
 
-        result: int = await self._run(work)
-        return result
+        attempt = 1
+        while True:
+            try:
+                result: int = await self._run(work)
+                return result
+            except DBAPIError as error:
+                # InnoDB resolves a deadlock between a request's one-row write and a prune
+                # batch by rolling back the smaller one: the request's. Rolled back whole,
+                # it is safe to run again. (A lock wait time-out is not retried: it has
+                # already kept the request waiting.)
+                if mysql_error_code(error) != MYSQL_DEADLOCK or attempt >= DEADLOCK_RETRIES:
+                    raise
+                logger.info("a session write lost a deadlock in the database; retrying it")
+                attempt += 1
 
     async def close(self) -> None:
         return None

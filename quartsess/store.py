@@ -31,10 +31,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from .drivers import (
+    DEADLOCK_RETRIES,
+    MYSQL_DEADLOCK,
+    MYSQL_LOCK_WAIT_TIMEOUT,
     CompiledStatement,
     StatementRunner,
     choose_runner,
     configure_sqlite,
+    mysql_error_code,
     use_wal,
 )
 from .errors import StoreError
@@ -488,13 +492,8 @@ class SessionStore:
         return await self._hot_rowcount("delete_version", params) == 1
 
 
-DEADLOCK_RETRIES = 3
-_MYSQL_DEADLOCK_CODES = frozenset({1213, 1205})  # deadlock, lock wait timeout
-
-
 def _is_deadlock(error: DBAPIError) -> bool:
-    args: tuple[Any, ...] = tuple(getattr(error.orig, "args", None) or ())
-    return bool(args) and args[0] in _MYSQL_DEADLOCK_CODES
+    return mysql_error_code(error) in (MYSQL_DEADLOCK, MYSQL_LOCK_WAIT_TIMEOUT)
 
 
 def hash_lock_key(name: str) -> int:
