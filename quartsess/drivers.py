@@ -266,11 +266,19 @@ def use_wal(connection: sqlite3.Connection, busy_timeout_ms: int) -> None:
     delay = 0.001
     while True:
         try:
-            connection.execute("PRAGMA journal_mode = WAL").fetchall()
-            return
+            [(mode,)] = connection.execute("PRAGMA journal_mode = WAL").fetchall()
         except sqlite3.OperationalError as error:
             if not _is_busy(error) or time.monotonic() + delay > deadline:
                 raise
+        else:
+            if str(mode).lower() not in ("wal", "memory"):
+                # SQLite answers with the mode it kept when it cannot switch (no error).
+                logger.warning(
+                    "SQLite kept journal_mode=%s instead of WAL; several workers sharing "
+                    "this database will wait for each other's writes and reads",
+                    mode,
+                )
+            return
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
 

@@ -17,15 +17,20 @@ def start_eagerly(coroutine: Coroutine[Any, Any, None]) -> asyncio.Future[None] 
     """Run ``coroutine`` until it first waits for something.
 
     Returns None when it finished without waiting (an exception it raised propagates
-    here), otherwise a task that carries it on from where it stopped."""
+    here), otherwise a task that carries it on from where it stopped.
+
+    Only for coroutines that enter no ``asyncio.timeout`` (or, from 3.12, ``wait_for``)
+    before they first wait: a time-out binds to the task running when it is entered,
+    which here is the caller's, so it would cancel the caller instead."""
     try:
         awaited = coroutine.send(None)
     except StopIteration:
         return None
     task = asyncio.ensure_future(_carry_on(coroutine, awaited))
-    # A task cancelled before its first step never enters _carry_on, so the coroutine
-    # would be left suspended; close it (its `finally` blocks run) rather than leave that
-    # to the garbage collector.
+    # A task cancelled before its first step (only when the loop is torn down: callers
+    # shield it) never enters _carry_on, so the coroutine would be left suspended; close
+    # it (its `finally` blocks run, without awaiting) rather than leave that to the
+    # garbage collector.
     task.add_done_callback(lambda _: coroutine.close())
     return task
 
@@ -46,10 +51,15 @@ async def _carry_on(coroutine: Coroutine[Any, Any, None], awaited: Any) -> None:
             awaited._asyncio_future_blocking = False
             try:
                 await awaited
+            except asyncio.CancelledError as error:
+                # Cancelling this task cancels that future first, as it would a task's; the
+                # coroutine then reads the cancellation from it. If the future could not be
+                # cancelled (it was already done), the cancellation is this task's own:
+                # hand it on rather than drop it.
+                if not awaited.cancelled():
+                    cancelled = error
             except BaseException:  # noqa: S110 - the coroutine reads the outcome itself
-                # On resuming, the coroutine's `await` returns the future's result or raises
-                # its exception (cancelling this task cancels that future first, as it
-                # would a task's, so the coroutine sees the cancellation too).
+                # On resuming, the coroutine's `await` raises the future's exception.
                 pass
         try:
             awaited = coroutine.send(None) if cancelled is None else coroutine.throw(cancelled)

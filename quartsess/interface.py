@@ -162,12 +162,19 @@ class ServerSessionInterface(SessionInterface):
         # whose save runs after the handler); the write must finish regardless, and the
         # next request of the same session in this process waits for it. A write that
         # never waits (SQLite's inline path) is done before anything could cancel it.
-        save = start_eagerly(self._save_or_report(app, session, response, plaintext))
-        if save is None:
-            return
+        # Only there: an asyncio.timeout entered during an eager start binds to the
+        # request's task, so the drivers' connect and pool time-outs would cancel the
+        # request instead of the write.
+        record = session._record
+        writing = self._save_or_report(app, session, response, plaintext)
+        if self.store.writes_inline:
+            save = start_eagerly(writing)
+            if save is None:
+                return
+        else:
+            save = asyncio.ensure_future(writing)
         self._saves.add(save)
         save.add_done_callback(self._saves.discard)
-        record = session._record
         if record is not None:
             id_hash = record.id_hash
             self._pending_saves[id_hash] = save

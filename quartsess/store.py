@@ -35,6 +35,7 @@ from .drivers import (
     MYSQL_DEADLOCK,
     MYSQL_LOCK_WAIT_TIMEOUT,
     CompiledStatement,
+    SqliteRunner,
     StatementRunner,
     choose_runner,
     configure_sqlite,
@@ -117,6 +118,11 @@ def effective_connect_args(url: URL, options: Mapping[str, Any]) -> dict[str, An
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     configure_sqlite(dbapi_connection, SQLITE_BUSY_TIMEOUT_MS)
+
+
+_PYSQLITE_CONNECT_ARGS = frozenset(
+    {"uri", "timeout", "check_same_thread", "isolation_level", "detect_types", "cached_statements"}
+)
 
 
 def _prepare_sqlite_file(database: str) -> None:
@@ -232,9 +238,20 @@ class SessionStore:
                 pass  # it is already broken; the next statement opens a new one
 
     async def _prepare_sqlite_file(self) -> None:
-        database = self.engine.url.database
+        url = self.engine.url
+        database = url.database
         if not database or database == ":memory:":
             return
+        if database.startswith("file:"):
+            # A URI's options (mode=memory, ...) are in the query, as SQLAlchemy's
+            # pysqlite dialect reads them; without them "file:x" would create a file x.
+            options = [
+                f"{key}={value}"
+                for key, value in url.query.items()
+                if key not in _PYSQLITE_CONNECT_ARGS and isinstance(value, str)
+            ]
+            if options:
+                database = f"{database}?{'&'.join(options)}"
         await asyncio.get_running_loop().run_in_executor(None, _prepare_sqlite_file, database)
 
     async def close(self) -> None:
@@ -337,6 +354,12 @@ class SessionStore:
         for listener in self.statement_listeners:
             listener(name)
         return await self._runner.fetch_one(self._hot[name], params)
+
+    @property
+    def writes_inline(self) -> bool:
+        """Whether per-request statements run on the event loop without waiting (SQLite's
+        inline path): nothing in them can be cancelled half-way or time out."""
+        return isinstance(self._runner, SqliteRunner)
 
     async def _hot_rowcount(self, name: str, params: dict[str, Any]) -> int:
         for listener in self.statement_listeners:

@@ -140,3 +140,26 @@ async def test_a_task_cancelled_before_its_first_step_closes_the_coroutine() -> 
     await finished(task)
     assert task.cancelled()
     assert cleaned_up.is_set()
+
+
+async def test_a_cancellation_after_the_awaited_future_is_done_is_not_dropped() -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    seen: list[str] = []
+
+    async def write() -> None:
+        try:
+            await ready
+            seen.append("carried on")
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    task = start_eagerly(write())
+    assert task is not None
+    await asyncio.sleep(0)  # the task's first step: it now waits for `ready`
+    ready.set_result(None)  # wakes the task on the next turn...
+    assert task.cancel()  # ...but first it is cancelled; `ready` can no longer be
+    await finished(task)
+    assert task.cancelled()
+    assert seen == ["cancelled"]

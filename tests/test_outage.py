@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from quartsess import SessionNotSerializable, SessionTooLarge
 from tests.conftest import SECRET, AppFactory, require_server
 from tests.proxy import TcpProxy
-from tests.support import add_routes, execute, session_cookie, stored_rows
+from tests.support import add_routes, execute, session_cookie, store_of, stored_rows
 
 
 async def rename_table(app: Quart, source: str, target: str) -> None:
@@ -170,3 +170,31 @@ async def test_an_app_starts_while_its_database_is_down(
             client.set_cookie("localhost", "session", "a" * 43)
             assert (await client.get("/get/user")).status_code == 503
     assert any("not reachable at start-up" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_no_free_connection_for_a_write_gives_503_and_writes_nothing(
+    make_app: AppFactory,
+) -> None:
+    """The pool's time-out must end the write, not the request around it: a 503, and
+    no write left running that would store a session no cookie points to."""
+    app = add_routes(
+        make_app(
+            SESSION_ENGINE_OPTIONS={
+                "pool_size": 1,
+                "max_overflow": 0,
+                "connect_args": {"timeout": 0.5},
+            }
+        )
+    )
+    async with app.test_app() as test_app:
+        runner = store_of(app)._runner
+        held = await runner._acquire()  # type: ignore[attr-defined]  # the only connection
+        try:
+            response = await test_app.test_client().post("/set", json={"user": "ada"})
+            assert response.status_code == 503
+            assert session_cookie(response) is None
+            assert not app.session_interface._saves  # type: ignore[attr-defined]
+        finally:
+            runner._release(held)  # type: ignore[attr-defined]
+        assert await stored_rows(app) == []

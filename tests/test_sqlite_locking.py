@@ -4,11 +4,13 @@ event loop and then succeeds; the loop keeps serving meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import make_url
 
 from quartsess.store import SessionStore, StoredSession
@@ -81,3 +83,19 @@ def test_workers_opening_a_new_file_at_once_all_start(tmp_path: Path) -> None:
             assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         finally:
             check.close()
+
+
+async def test_an_in_memory_uri_leaves_no_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = "sqlite+aiosqlite:///file:sessions?mode=memory&cache=shared&uri=true"
+    store = SessionStore.from_url(make_url(url), "quart_sessions", {})
+    try:
+        await store.prepare(create_table=True)
+        row = StoredSession("ef" * 32, b"payload", 1, 1, 1, 100)
+        await store.insert(row)
+        assert await store.load(row.id_hash) == row
+    finally:
+        await store.close()
+    assert os.listdir(tmp_path) == []
