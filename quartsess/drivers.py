@@ -16,9 +16,9 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
@@ -29,6 +29,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from .errors import StoreError
 
 Row = Sequence[Any]
+T = TypeVar("T")
 
 logger = logging.getLogger("quartsess")
 
@@ -59,6 +60,26 @@ def mysql_error_code(error: DBAPIError) -> int | None:
     """MariaDB/MySQL's error number behind a SQLAlchemy error, if it has one."""
     args: tuple[Any, ...] = tuple(getattr(error.orig, "args", None) or ())
     return args[0] if args and isinstance(args[0], int) else None
+
+
+async def retry_rolled_back(
+    run: Callable[[], Awaitable[T]],
+    codes: Container[int],
+    on_retry: Callable[[], None] | None = None,
+) -> T:
+    """Await ``run()``; when MariaDB/MySQL rolled it back with one of the error ``codes``
+    (InnoDB undoes a deadlock victim whole), run it again, ``DEADLOCK_RETRIES`` times at
+    most in all. Only for work that is one statement or one transaction."""
+    attempt = 1
+    while True:
+        try:
+            return await run()
+        except DBAPIError as error:
+            if mysql_error_code(error) not in codes or attempt >= DEADLOCK_RETRIES:
+                raise
+            if on_retry is not None:
+                on_retry()
+            attempt += 1
 
 
 class StatementRunner(Protocol):
@@ -97,23 +118,21 @@ class SqlAlchemyRunner:
         async def work(connection: AsyncConnection) -> int:
             return int((await connection.execute(statement.statement, dict(params))).rowcount)
 
-        attempt = 1
-        while True:
-            try:
-                result: int = await self._run(work)
-                return result
-            except DBAPIError as error:
-                # InnoDB resolves a deadlock between a request's one-row write and a prune
-                # batch by rolling back the smaller one: the request's. Rolled back whole,
-                # it is safe to run again. (A lock wait time-out is not retried: it has
-                # already kept the request waiting.)
-                if mysql_error_code(error) != MYSQL_DEADLOCK or attempt >= DEADLOCK_RETRIES:
-                    raise
-                logger.info("a session write lost a deadlock in the database; retrying it")
-                attempt += 1
+        async def once() -> int:
+            result: int = await self._run(work)
+            return result
+
+        # InnoDB resolves a deadlock between a request's one-row write and a prune batch
+        # by rolling back the smaller one: the request's. (A lock wait time-out is not
+        # retried: it has already kept the request waiting.)
+        return await retry_rolled_back(once, (MYSQL_DEADLOCK,), _log_write_retry)
 
     async def close(self) -> None:
         return None
+
+
+def _log_write_retry() -> None:
+    logger.info("a session write lost a deadlock in the database; retrying it")
 
 
 class SqliteRunner:

@@ -31,7 +31,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from .drivers import (
-    DEADLOCK_RETRIES,
     MYSQL_DEADLOCK,
     MYSQL_LOCK_WAIT_TIMEOUT,
     CompiledStatement,
@@ -39,7 +38,7 @@ from .drivers import (
     StatementRunner,
     choose_runner,
     configure_sqlite,
-    mysql_error_code,
+    retry_rolled_back,
     use_wal,
 )
 from .errors import StoreError
@@ -120,14 +119,8 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     configure_sqlite(dbapi_connection, SQLITE_BUSY_TIMEOUT_MS)
 
 
-_PYSQLITE_CONNECT_ARGS = frozenset(
-    {"uri", "timeout", "check_same_thread", "isolation_level", "detect_types", "cached_statements"}
-)
-
-
-def _prepare_sqlite_file(database: str) -> None:
+def _prepare_sqlite_file(database: str, is_uri: bool) -> None:
     """Create the file's directory and put the file in WAL mode (blocks: run on a thread)."""
-    is_uri = database.startswith("file:")
     if not is_uri:
         os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
     try:
@@ -238,21 +231,15 @@ class SessionStore:
                 pass  # it is already broken; the next statement opens a new one
 
     async def _prepare_sqlite_file(self) -> None:
-        url = self.engine.url
-        database = url.database
-        if not database or database == ":memory:":
+        # The file exactly as the engine opens it: a "file:" URI keeps its options
+        # (mode=memory, ...), which a bare "file:x" would turn into a file named x.
+        [database], options = self.engine.dialect.create_connect_args(self.engine.url)
+        if database == ":memory:":
             return
-        if database.startswith("file:"):
-            # A URI's options (mode=memory, ...) are in the query, as SQLAlchemy's
-            # pysqlite dialect reads them; without them "file:x" would create a file x.
-            options = [
-                f"{key}={value}"
-                for key, value in url.query.items()
-                if key not in _PYSQLITE_CONNECT_ARGS and isinstance(value, str)
-            ]
-            if options:
-                database = f"{database}?{'&'.join(options)}"
-        await asyncio.get_running_loop().run_in_executor(None, _prepare_sqlite_file, database)
+        is_uri = bool(options.get("uri"))
+        await asyncio.get_running_loop().run_in_executor(
+            None, _prepare_sqlite_file, database, is_uri
+        )
 
     async def close(self) -> None:
         """Close every connection (the store opens new ones if used again)."""
@@ -402,16 +389,12 @@ class SessionStore:
             if dialect.name == "postgresql":
                 batch = batch.with_for_update(skip_locked=True)
             statement = delete(t).where(t.c.id_hash.in_(batch.scalar_subquery()))
-        attempt = 1
-        while True:
-            try:
-                return await self._rowcount(statement, {"now": now})
-            except DBAPIError as error:
-                # InnoDB may pick a batch as a deadlock victim against a request's write;
-                # the batch was rolled back whole, so running it again is safe.
-                if not _is_deadlock(error) or attempt >= DEADLOCK_RETRIES:
-                    raise
-                attempt += 1
+        # InnoDB may pick a batch as a deadlock victim against a request's write; the
+        # batch was rolled back whole, so running it again is safe.
+        return await retry_rolled_back(
+            lambda: self._rowcount(statement, {"now": now}),
+            (MYSQL_DEADLOCK, MYSQL_LOCK_WAIT_TIMEOUT),
+        )
 
     @asynccontextmanager
     async def try_lock(self, name: str) -> AsyncIterator[bool]:
@@ -513,10 +496,6 @@ class SessionStore:
         """Delete the row if it still has ``version`` (not if a request rewrote it)."""
         params = {"h": id_hash, "old_version": version}
         return await self._hot_rowcount("delete_version", params) == 1
-
-
-def _is_deadlock(error: DBAPIError) -> bool:
-    return mysql_error_code(error) in (MYSQL_DEADLOCK, MYSQL_LOCK_WAIT_TIMEOUT)
 
 
 def hash_lock_key(name: str) -> int:
