@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from quart import Quart, Response, jsonify, request, session
 from sqlalchemy import event, select, text
@@ -77,7 +78,14 @@ async def drop_table(url: str, table: str) -> None:
         await engine.dispose()
 
 
+T = TypeVar("T")
 DEADLINE = 10  # seconds; every wait on another request is bounded
+
+
+async def bounded(awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` for at most ``DEADLINE`` seconds."""
+    async with asyncio.timeout(DEADLINE):
+        return await awaitable
 
 
 def add_gated_route(app: Quart) -> dict[str, tuple[asyncio.Event, asyncio.Event]]:
@@ -105,8 +113,7 @@ def add_gated_route(app: Quart) -> dict[str, tuple[asyncio.Event, asyncio.Event]
 
 async def start(client: Any, path: str, entered: asyncio.Event) -> asyncio.Future[Any]:
     request = asyncio.ensure_future(client.post(path))
-    async with asyncio.timeout(DEADLINE):
-        await entered.wait()
+    await bounded(entered.wait())
     return request
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from quartsess.drivers import CompiledStatement, SqlAlchemyRunner
 from quartsess.store import SessionStore, StoredSession
-from tests.support import DEADLINE
+from tests.support import DEADLINE, bounded
 
 # InnoDB locks rows in key order: FIRST, then SECOND, then the others (which the larger
 # transaction deletes, one primary-key lookup each, so that it locks nothing else).
@@ -71,8 +71,7 @@ async def test_a_statement_chosen_as_deadlock_victim_is_run_again(
         await store.prepare(create_table=True)
         with caplog.at_level(logging.INFO, logger="quartsess"):
             victim = await deadlock_a_statement(store, db_url, SqlAlchemyRunner(store.run))
-            async with asyncio.timeout(DEADLINE):
-                assert await victim == 2  # run again after the other transaction committed
+            assert await bounded(victim) == 2  # run again after the other one committed
         assert caplog.messages == ["a session write lost a deadlock in the database; retrying it"]
         first = await store.load(FIRST)
         assert first is not None and first.version == 8  # 7 from the other, then + 1
@@ -100,8 +99,7 @@ async def test_the_deadlock_reaches_the_caller_without_the_retry(
     try:
         await store.prepare(create_table=True)
         victim = await deadlock_a_statement(store, db_url, RunOnce(store.run))
-        async with asyncio.timeout(DEADLINE):
-            with pytest.raises(DBAPIError, match="Deadlock"):
-                await victim
+        with pytest.raises(DBAPIError, match="Deadlock"):
+            await bounded(victim)
     finally:
         await store.close()

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
 
 from quart import Response, jsonify, session, websocket
 
 from tests.conftest import AppFactory, FakeClock
-from tests.support import add_gated_route, add_routes, session_cookie, start, stored_rows
-
-T = TypeVar("T")
-DEADLINE = 10  # seconds; every wait in these tests is bounded
-
-
-async def bounded(awaitable: Awaitable[T]) -> T:
-    async with asyncio.timeout(DEADLINE):
-        return await awaitable
+from tests.support import (
+    add_gated_route,
+    add_routes,
+    bounded,
+    session_cookie,
+    start,
+    stored_rows,
+)
 
 
 async def test_idle_timeout_is_enforced_on_read(make_app: AppFactory, clock: FakeClock) -> None:

@@ -16,9 +16,9 @@ from quart import Quart
 from quartsess import SessionNotSerializable
 from tests.conftest import AppFactory
 from tests.support import (
-    DEADLINE,
     add_gated_route,
     add_routes,
+    bounded,
     session_cookie,
     start,
     store_of,
@@ -53,15 +53,15 @@ async def test_a_save_that_loses_twice_keeps_the_latest_value_of_keys_it_did_not
         c = await start(client, "/gated/c/a/1", gates["c"][0])
         d = await start(client, "/gated/d/a/2", gates["d"][0])
         gates["c"][1].set()
-        await asyncio.wait_for(c, DEADLINE)  # a = 1
+        await bounded(c)  # a = 1
 
         async def d_saves_in_between() -> None:
             gates["d"][1].set()
-            await asyncio.wait_for(asyncio.shield(d), DEADLINE)  # a = 2, merged onto a = 1
+            await bounded(asyncio.shield(d))  # a = 2, merged onto a = 1
 
         hook_update(app, d_saves_in_between)
         gates["b"][1].set()  # b fails, reloads (a = 1), and before its retry d writes a = 2
-        await asyncio.wait_for(b, DEADLINE)
+        await bounded(b)
         assert await (await client.get("/get")).get_json() == {"a": 2, "b": 1}
 
 
@@ -74,7 +74,7 @@ async def test_a_slow_login_does_not_undo_a_logout(make_app: AppFactory) -> None
         login = await start(client, "/gated/b/user/regenerate", gates["b"][0])
         assert session_cookie(await client.post("/clear")) == ""
         gates["b"][1].set()
-        response = await asyncio.wait_for(login, DEADLINE)
+        response = await bounded(login)
         assert session_cookie(response) is None  # no new ID for a logged-out session
         assert await stored_rows(app) == []
 
@@ -92,7 +92,7 @@ async def test_a_slow_request_does_not_delete_the_cookie_a_login_just_set(
         new_id = session_cookie(login)
         assert new_id
         gates["b"][1].set()
-        response = await asyncio.wait_for(slow, DEADLINE)
+        response = await bounded(slow)
         assert session_cookie(response) is None
         assert await (await client.get("/get/user")).get_json() == {"value": "ada"}
 
@@ -106,7 +106,7 @@ async def test_regenerate_merges_a_concurrent_change_of_the_old_row(make_app: Ap
         login = await start(client, "/gated/b/user/regenerate", gates["b"][0])
         await client.post("/cart/mug")  # changes the row the login will retire
         gates["b"][1].set()
-        await asyncio.wait_for(login, DEADLINE)
+        await bounded(login)
         data = await (await client.get("/get")).get_json()
         assert data == {"cart": {"tea": 1, "mug": 1}, "user": "logged-in"}
         assert len(await stored_rows(app)) == 1
@@ -151,14 +151,14 @@ async def test_shutdown_waits_for_a_save_in_flight(make_app: AppFactory) -> None
     await client.get("/visits")
     store.update = slow_update  # type: ignore[method-assign]
     request = asyncio.ensure_future(client.get("/visits"))
-    await asyncio.wait_for(entered.wait(), DEADLINE)
+    await bounded(entered.wait())
     request.cancel()  # the client went away; the save goes on
     shutdown = asyncio.ensure_future(test_app.shutdown())
     for _ in range(50):
         await asyncio.sleep(0)
     assert not shutdown.done()  # waiting for the save
     release.set()
-    await asyncio.wait_for(shutdown, DEADLINE)
+    await bounded(shutdown)
     store.update = original  # type: ignore[method-assign]
     [row] = await stored_rows(app)
     assert row.version == 2
