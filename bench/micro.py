@@ -9,7 +9,7 @@ Sequential, one request at a time, on one event loop: microseconds per request, 
 median of several batches. Then the parts: hashing the ID, one load statement, decrypting,
 serializing, encrypting, and the same SELECT run through each way of reaching the
 database (the raw driver, a pool, SQLAlchemy's async engine), which is why
-``quartsess/drivers.py`` drives each database the way it does.
+``quartsess/stores/`` drives each database the way it does.
 """
 
 from __future__ import annotations

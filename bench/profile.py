@@ -30,13 +30,13 @@ DOCS = bench_run.ROOT / "docs"
 STAGES = [
     ("Quart: the app (context, dispatch, handler, response)", "Quart.handle_request", ""),
     ("session: open_session", "open_session", ""),
-    ("  store.load (statement)", "SessionStore.load", "quartsess/store"),
+    ("  store.load (statement)", "SqlStore.load", "quartsess/stores/sql"),
     ("  codec.open (decrypt + deserialize)", "PayloadCodec.open", "quartsess/codec"),
     ("session: save_session (deciding; writes run in the save task below)", "save_session", ""),
-    ("session: the save task (write, cookie)", "_save_or_report", ""),
+    ("session: the save task (write, cookie)", "_save_and_send", ""),
     ("  serialize (change detection)", "PayloadCodec.serialize", "quartsess/codec"),
     ("  codec.seal (encrypt)", "PayloadCodec.seal", "quartsess/codec"),
-    ("  store statements (update/insert/touch/delete)", "SessionStore._hot_rowcount", ""),
+    ("  store statements (update/insert/touch/delete)", "SqlStore._hot_rowcount", ""),
     ("  cookies (set_cookie)", "ServerSessionInterface._set_cookie", ""),
 ]
 # Own (leaf) samples by the package they are spent in.

@@ -1,4 +1,9 @@
-"""quartsess: server-side sessions for Quart, stored encrypted in SQL."""
+"""quartsess: server-side sessions for Quart, stored encrypted in SQL.
+
+The public API is what ``__all__`` lists (a test keeps it equal to the README's list),
+plus the store contract in :mod:`quartsess.stores` for those who write a store. Other
+modules are internal and may change between releases.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,23 @@ from typing import cast
 
 from quart import session as _quart_session
 
-from .codec import generate_key
+from .codec import PayloadCodec
 from .config import SessionConfig
 from .errors import (
     ConfigurationError,
+    InvalidPayload,
     QuartSessError,
+    SaveConflict,
     SessionNotSerializable,
     SessionStoreUnavailable,
     SessionTooLarge,
+    StoreError,
 )
 from .extension import Session
 from .interface import ServerSessionInterface
+from .keys import generate_key
 from .schema import build_table, metadata
+from .serializer import SessionSerializer
 from .session import ServerSession
 
 session = cast(ServerSession, _quart_session)
@@ -26,14 +36,19 @@ session = cast(ServerSession, _quart_session)
 
 __all__ = [
     "ConfigurationError",
+    "InvalidPayload",
+    "PayloadCodec",
     "QuartSessError",
+    "SaveConflict",
     "ServerSession",
     "ServerSessionInterface",
     "Session",
     "SessionConfig",
     "SessionNotSerializable",
+    "SessionSerializer",
     "SessionStoreUnavailable",
     "SessionTooLarge",
+    "StoreError",
     "build_table",
     "generate_key",
     "metadata",

@@ -8,20 +8,18 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import click
-from cryptography.fernet import Fernet, InvalidToken
 from quart.cli import AppGroup, ScriptInfo, pass_script_info
-from sqlalchemy import inspect
-from sqlalchemy.engine import Connection
 
-from .codec import generate_key
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidPayload, describe_error
 from .ids import log_id
+from .keys import generate_key
 from .pruner import Pruner
-from .store import STORE_ERRORS, SessionStore
+from .stores.base import STORE_ERRORS, MaintainedStore
 
 if TYPE_CHECKING:
     from quart import Quart
 
+    from .extension import Session
     from .interface import ServerSessionInterface
 
 T = TypeVar("T")
@@ -43,7 +41,7 @@ def gen_key_command() -> None:
 def prune_command(info: ScriptInfo) -> None:
     """Delete expired sessions now and print how many went."""
 
-    async def prune(interface: ServerSessionInterface, store: SessionStore) -> int:
+    async def prune(interface: ServerSessionInterface, store: MaintainedStore) -> int:
         return await Pruner(store, clock=interface.clock, interval=0).prune()
 
     deleted = _run(info, prune)
@@ -55,9 +53,9 @@ def prune_command(info: ScriptInfo) -> None:
 def stats_command(info: ScriptInfo) -> None:
     """Print the number of sessions, how many have expired, and payload sizes."""
 
-    async def stats(interface: ServerSessionInterface, store: SessionStore) -> None:
+    async def stats(interface: ServerSessionInterface, store: MaintainedStore) -> None:
         result = await store.stats(int(interface.clock()))
-        click.echo(f"table:                 {store.table.name}")
+        click.echo(f"table:                 {interface.config.table}")
         click.echo(f"rows:                  {result.rows}")
         click.echo(f"expired rows:          {result.expired_rows}")
         click.echo(f"payload bytes:         {result.payload_bytes}")
@@ -88,8 +86,7 @@ def rotate_keys_command(info: ScriptInfo, delete_unreadable: bool, batch_size: i
     request rewrote in the meantime is not overwritten. Remove an old key from the
     configuration only after this reports no rows left to rotate."""
 
-    async def rotate(interface: ServerSessionInterface, store: SessionStore) -> None:
-        newest = Fernet(interface.config.encryption_keys[0])
+    async def rotate(interface: ServerSessionInterface, store: MaintainedStore) -> None:
         codec = interface.codec
         scanned = current = rotated = raced = deleted = 0
         unreadable: list[str] = []
@@ -99,16 +96,12 @@ def rotate_keys_command(info: ScriptInfo, delete_unreadable: bool, batch_size: i
             scanned += len(rows)
             updates = []
             for id_hash, payload, version in rows:
-                try:
-                    newest.decrypt(payload)
-                except InvalidToken:
-                    pass
-                else:
+                if codec.uses_newest_key(payload):
                     current += 1
                     continue
                 try:
                     updates.append((id_hash, version, codec.rotate(payload)))
-                except InvalidToken:
+                except InvalidPayload:
                     unreadable.append(id_hash)
                     if delete_unreadable and await store.delete_version(id_hash, version):
                         deleted += 1
@@ -137,13 +130,13 @@ def rotate_keys_command(info: ScriptInfo, delete_unreadable: bool, batch_size: i
     _run(info, rotate)
 
 
-Work = Callable[["ServerSessionInterface", SessionStore], Awaitable[T]]
+Work = Callable[["ServerSessionInterface", MaintainedStore], Awaitable[T]]
 
 
 def _run(info: ScriptInfo, work: Work[T]) -> T:
     """Load the app, open a store of its own on the app's database, run ``work``, close;
     turn the errors an operator can fix into a message and exit status 1."""
-    interface = _interface(info)
+    extension, interface = _extension(info)
     config = interface.config
     url = config.db_url.render_as_string(hide_password=True)
     database = config.db_url.database
@@ -152,41 +145,32 @@ def _run(info: ScriptInfo, work: Work[T]) -> T:
             raise click.ClickException(f"there is no SQLite database at {database}")
 
     async def main() -> T:
-        store = SessionStore.from_url(config.db_url, config.table, config.engine_options)
+        store = extension.make_store(config)
         try:
-            await _check_table(store, url)
+            if not await store.table_exists():
+                raise click.ClickException(
+                    f"the sessions table {config.table!r} does not exist in {url}: create it with "
+                    "`alembic upgrade head`, or start the app once with SESSION_CREATE_TABLE=True"
+                )
             return await work(interface, store)
         except STORE_ERRORS as error:
-            reason = f"{type(error).__name__}: {error}".splitlines()[0]
-            raise click.ClickException(f"the session database {url} failed: {reason}") from None
+            raise click.ClickException(
+                f"the session database {url} failed: {describe_error(error)}"
+            ) from None
         finally:
             await store.close()
 
     return asyncio.run(main())
 
 
-def _interface(info: ScriptInfo) -> ServerSessionInterface:
+def _extension(info: ScriptInfo) -> tuple[Session, ServerSessionInterface]:
     try:
         app: Quart = info.load_app()
     except ConfigurationError as error:
         raise click.ClickException(f"quartsess is misconfigured: {error}") from None
-    extension = app.extensions.get("quartsess")
+    extension: Session | None = app.extensions.get("quartsess")
     if extension is None:
         raise click.ClickException(
             "quartsess is not set up on this app: call Session(app) when creating it"
         )
-    interface: ServerSessionInterface = extension.interface_for(app)
-    return interface
-
-
-async def _check_table(store: SessionStore, url: str) -> None:
-    name = store.table.name
-
-    def exists(connection: Connection) -> bool:
-        return inspect(connection).has_table(name)
-
-    if not await store.run(lambda connection: connection.run_sync(exists)):
-        raise click.ClickException(
-            f"the sessions table {name!r} does not exist in {url}: create it with "
-            "`alembic upgrade head`, or start the app once with SESSION_CREATE_TABLE=True"
-        )
+    return extension, extension.interface_for(app)

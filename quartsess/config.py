@@ -15,8 +15,8 @@ from cryptography.fernet import Fernet
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from .codec import derive_fernet_key, fernet_keys
 from .errors import ConfigurationError
+from .keys import derive_fernet_key, fernet_keys
 
 DEFAULT_TABLE = "quart_sessions"
 DEFAULT_PRUNE_INTERVAL = 300.0
@@ -77,7 +77,6 @@ class SessionConfig:
     prune_interval: float = DEFAULT_PRUNE_INTERVAL
     max_bytes: int = DEFAULT_MAX_BYTES
     create_table: bool = True
-    keys_derived: bool = True
 
     def __repr__(self) -> str:
         return (
@@ -95,7 +94,7 @@ class SessionConfig:
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any], *, instance_path: str) -> SessionConfig:
         """Read and validate settings from an ``app.config``-like mapping."""
-        keys, derived = _encryption_keys(config)
+        keys = _encryption_keys(config)
         idle = _seconds(
             config,
             "SESSION_IDLE_TIMEOUT",
@@ -148,7 +147,6 @@ class SessionConfig:
             prune_interval=float(prune),
             max_bytes=int(max_bytes),
             create_table=create,
-            keys_derived=derived,
         )
 
 
@@ -163,7 +161,7 @@ def misspelled_keys(config: Iterable[str]) -> list[tuple[str, str]]:
     return found
 
 
-def _encryption_keys(config: Mapping[str, Any]) -> tuple[list[bytes], bool]:
+def _encryption_keys(config: Mapping[str, Any]) -> list[bytes]:
     configured = config.get("SESSION_ENCRYPTION_KEYS")
     if configured:
         if isinstance(configured, str | bytes):
@@ -183,7 +181,7 @@ def _encryption_keys(config: Mapping[str, Any]) -> tuple[list[bytes], bool]:
                     f"key #{index} is not a valid Fernet key (32 url-safe base64-encoded "
                     "bytes); create one with `quart sessions gen-key`",
                 ) from None
-        return fernet_keys(configured), False
+        return fernet_keys(configured)
     secret = config.get("SECRET_KEY")
     if not secret:
         raise ConfigurationError(
@@ -202,7 +200,7 @@ def _encryption_keys(config: Mapping[str, Any]) -> tuple[list[bytes], bool]:
         raise ConfigurationError(
             "SECRET_KEY_FALLBACKS", "must be a list of old secret keys (non-empty str or bytes)"
         )
-    return [derive_fernet_key(value) for value in (secret, *fallbacks) if value], True
+    return [derive_fernet_key(value) for value in (secret, *fallbacks) if value]
 
 
 def _seconds(config: Mapping[str, Any], name: str, default: Any) -> int | None:

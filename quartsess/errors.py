@@ -1,4 +1,4 @@
-"""Exceptions raised by quartsess."""
+"""Every error quartsess raises, in one tree under :class:`QuartSessError`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from werkzeug.exceptions import ServiceUnavailable
 
 
 class QuartSessError(Exception):
-    """Base class for quartsess's own errors."""
+    """Base class of every error quartsess raises: ``except QuartSessError`` catches all."""
 
 
 class ConfigurationError(QuartSessError, ValueError):
@@ -37,11 +37,27 @@ class InvalidPayload(QuartSessError):
     """A stored payload did not decrypt, or does not belong to the row it was read from."""
 
 
-class SessionStoreUnavailable(ServiceUnavailable):
+class StoreError(QuartSessError):
+    """The session database failed to answer (driver errors are chained as the cause)."""
+
+
+class SaveConflict(QuartSessError):
+    """Concurrent writers of one session kept winning, so this save gave up."""
+
+    def __init__(self, attempts: int, session: str) -> None:
+        super().__init__(f"{attempts} concurrent updates of session {session} won in a row")
+        self.attempts = attempts
+
+
+class SessionStoreUnavailable(QuartSessError, ServiceUnavailable):
     """The session database could not be reached; the request gets a 503."""
 
     description = "The session store is temporarily unavailable. Please try again in a moment."
 
 
-class StoreError(QuartSessError):
-    """The session database failed to answer (driver errors are chained as the cause)."""
+def describe_error(error: BaseException) -> str:
+    """``Type: first line of the message``, for log lines.
+
+    SQLAlchemy's messages carry no parameters (the engine hides them), so this never
+    shows session data."""
+    return f"{type(error).__name__}: {error}".splitlines()[0]

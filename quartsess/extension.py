@@ -1,4 +1,5 @@
-"""The ``Session`` extension: wires config, codec, store and interface to a Quart app."""
+"""The ``Session`` extension: wires settings, serializer, codec, store, interface and
+pruner to a Quart app, and ties the store and the pruner to the app's serving lifecycle."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ from weakref import WeakKeyDictionary
 from .cli import sessions_cli
 from .codec import PayloadCodec
 from .config import SessionConfig, check_driver_installed, misspelled_keys
-from .interface import Clock, ServerSessionInterface
+from .errors import describe_error
+from .interface import ServerSessionInterface
 from .pruner import Pruner
-from .store import STORE_ERRORS, SessionStore
+from .serializer import SessionSerializer
+from .stores.base import STORE_ERRORS, MaintainedStore
+from .stores.sql import SqlStore
+
+if TYPE_CHECKING:
+    from .clock import Clock
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -29,13 +36,26 @@ class Session:
     without sleeping. After ``init_app``, ``app.extensions["quartsess"]`` is this object.
     """
 
+    # The parts this builds for each app; a subclass swaps one by naming another class.
+
     #: The session interface installed on the app; subclass it to override a helper
     #: such as ``get_cookie_secure`` and set it here on a subclass of ``Session``.
     interface_class: type[ServerSessionInterface] = ServerSessionInterface
+    #: Where rows are kept: built with ``store_class.from_config(config)``. The SQL
+    #: store by default; :class:`~quartsess.stores.MemoryStore` for tests without a database.
+    store_class: type[MaintainedStore] = SqlStore
+    #: Encrypts payloads: built with ``(keys, max_bytes, serializer)``.
+    codec_class: type[PayloadCodec] = PayloadCodec
+    #: Turns session data into bytes; subclass it and ``register`` a ``JSONTag`` in
+    #: ``__init__`` to store types of your own.
+    serializer_class: type[SessionSerializer] = SessionSerializer
 
     def __init__(self, app: Quart | None = None, *, clock: Clock = time.time) -> None:
         self._clock = clock
         self._interfaces: WeakKeyDictionary[Quart, ServerSessionInterface] = WeakKeyDictionary()
+        self._stores: WeakKeyDictionary[ServerSessionInterface, MaintainedStore] = (
+            WeakKeyDictionary()
+        )
         self._pruners: WeakKeyDictionary[ServerSessionInterface, Pruner] = WeakKeyDictionary()
         if app is not None:
             self.init_app(app)
@@ -52,13 +72,14 @@ class Session:
                 unknown,
                 suggestion,
             )
-        store = SessionStore.from_url(config.db_url, config.table, config.engine_options)
-        codec = PayloadCodec(config.encryption_keys, config.max_bytes)
+        store = self.make_store(config)
+        codec = self.codec_class(config.encryption_keys, config.max_bytes, self.serializer_class())
         interface = self.interface_class(store=store, codec=codec, config=config, clock=self._clock)
         # Quart types the attribute as its cookie interface; any SessionInterface works.
         app.session_interface = interface  # type: ignore[assignment]
         app.extensions[EXTENSION_KEY] = self
         self._interfaces[app] = interface
+        self._stores[interface] = store
         pruner = Pruner(store, clock=self._clock, interval=config.prune_interval)
         self._pruners[interface] = pruner
         _add_cli(app)
@@ -71,9 +92,9 @@ class Session:
                 # Serve anyway: pages that need no session keep working, the others get
                 # 503 until the database answers (then the table is created if needed).
                 logger.error(
-                    "session store not reachable at start-up (%s); session requests get "
-                    "503 until it is",
-                    f"{type(error).__name__}: {error}".splitlines()[0],
+                    "session store not reachable at start-up (%s); requests that use the "
+                    "session get 503 until it answers",
+                    describe_error(error),
                 )
             pruner.start()
 
@@ -85,21 +106,31 @@ class Session:
         app.before_serving(start_serving)
         app.after_serving(stop_serving)
 
+    def make_store(self, config: SessionConfig) -> MaintainedStore:
+        """The store for an app's settings (``store_class.from_config``)."""
+        return self.store_class.from_config(config)
+
     def interface_for(self, app: Quart | None = None) -> ServerSessionInterface:
         """The session interface installed on ``app`` (default: the current or only app)."""
         if app is None:
             from quart import current_app, has_app_context
 
             if has_app_context():
-                app = current_app._get_current_object()  # type: ignore[attr-defined]
-            elif len(self._interfaces) == 1:
-                app = next(iter(self._interfaces))
-            else:
+                interface = current_app.session_interface
+                if isinstance(interface, ServerSessionInterface) and interface in self._stores:
+                    return interface
+                raise RuntimeError("Session.init_app(app) was not called for this app")
+            if len(self._interfaces) != 1:
                 raise RuntimeError("pass the app: this Session serves several apps")
+            app = next(iter(self._interfaces))
         try:
             return self._interfaces[app]
         except KeyError:
             raise RuntimeError("Session.init_app(app) was not called for this app") from None
+
+    def store_for(self, app: Quart | None = None) -> MaintainedStore:
+        """The store of ``app`` (default: the current or only app)."""
+        return self._stores[self.interface_for(app)]
 
     def pruner_for(self, app: Quart | None = None) -> Pruner:
         """The pruner of ``app`` (default: the current or only app)."""
@@ -112,9 +143,9 @@ class Session:
         return await self.pruner_for(app).prune()
 
     @property
-    def store(self) -> SessionStore:
+    def store(self) -> MaintainedStore:
         """The store of the current (or only) app."""
-        return self.interface_for().store
+        return self.store_for()
 
     @property
     def config(self) -> SessionConfig:

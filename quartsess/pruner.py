@@ -8,7 +8,9 @@ import random
 import time
 from collections.abc import Callable
 
-from .store import STORE_ERRORS, SessionStore
+from .clock import Clock
+from .errors import describe_error
+from .stores.base import STORE_ERRORS, MaintainedStore
 
 logger = logging.getLogger("quartsess")
 
@@ -23,13 +25,11 @@ JITTER = 0.2
 LOCK_NAME = "quartsess-prune"
 LOCK_RETRY_SECONDS = 0.5
 
-Clock = Callable[[], float]
-
 
 class Pruner:
     """Deletes the rows of ``store`` whose deadline has passed, ``batch_size`` at a time.
 
-    Each batch is one statement in its own :meth:`SessionStore.run` call, and after each
+    Each batch is one statement (``delete_expired``), and after each
     the pruner rests ``rest`` times as long as the batch took (at least ``pause``
     seconds), so requests keep being served at their usual latency during a long prune:
     on SQLite, whose one write lock request writes need too, the pruner holds it at
@@ -44,7 +44,7 @@ class Pruner:
 
     def __init__(
         self,
-        store: SessionStore,
+        store: MaintainedStore,
         *,
         clock: Clock,
         interval: float,
@@ -54,15 +54,14 @@ class Pruner:
         rng: Callable[[float, float], float] | None = None,
     ) -> None:
         if batch_size is None:
-            dialect = store.engine.dialect.name
-            batch_size = DEFAULT_BATCH_SIZE.get(dialect, DEFAULT_SERVER_BATCH_SIZE)
+            batch_size = DEFAULT_BATCH_SIZE.get(store.backend, DEFAULT_SERVER_BATCH_SIZE)
         if rest is None:
             # SQLite: every deleted row dirties a random primary-key page, and the WAL
             # checkpoints that follow hold up request writes. Measured (bench/prune.py):
             # 200-row batches resting once their time pushed request p99 to ~0.5 s while
             # pruning a million rows; on 300,000 rows, 50-row batches resting twice their
             # time kept it at 18 ms (3 ms without a prune), at ~4,100 rows/s.
-            rest = DEFAULT_REST.get(store.engine.dialect.name, DEFAULT_SERVER_REST)
+            rest = DEFAULT_REST.get(store.backend, DEFAULT_SERVER_REST)
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         self.store = store
@@ -188,7 +187,7 @@ class Pruner:
             logger.error(
                 "pruning expired sessions failed; retrying in about %.0f s: %s",
                 self.interval,
-                f"{type(error).__name__}: {error}".splitlines()[0],
+                describe_error(error),
             )
             return None
         except Exception:

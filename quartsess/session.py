@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
+from collections.abc import Awaitable, Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from quart.sessions import SessionMixin
 from werkzeug.datastructures import CallbackDict
 
 from .errors import SessionStoreUnavailable
-from .store import StoredSession
+from .saving import Loaded, SaveOutcome
+
+Persist = Callable[["ServerSession"], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _State:
+    """Everything a session knows besides its data; written only in this module."""
+
+    loaded: Loaded | None
+    persist: Persist | None
+    loaded_permanent: bool
+    regenerate_requested: bool = False
+    read: bool = False
 
 
 class ServerSession(CallbackDict[str, Any], SessionMixin):
     """A dict stored server-side. Behaves like Quart's session (``permanent``,
-    ``modified``, ``new``, ``accessed``) and adds :attr:`sid` and :meth:`regenerate`.
+    ``modified``, ``new``, ``accessed``) and adds :attr:`sid`, :meth:`regenerate` and
+    :meth:`save`.
 
     Changes are detected by comparing the serialized content at save time, so
     in-place changes to nested values are saved without setting ``modified``.
@@ -24,9 +39,8 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         self,
         initial: Mapping[str, Any] | None = None,
         *,
-        sid: str | None = None,
-        record: StoredSession | None = None,
-        snapshot: bytes | None = None,
+        loaded: Loaded | None = None,
+        persist: Persist | None = None,
     ) -> None:
         def on_update(self: ServerSession) -> None:
             self._on_read()
@@ -35,24 +49,21 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         super().__init__(initial, on_update)
         self.modified = False
         self.accessed = False
-        self.new = record is None
-        self._sid = sid
-        self._record = record
-        self._snapshot = snapshot
-        self._loaded_permanent = bool(dict.get(self, "_permanent", False))
-        self._regenerate_requested = False
+        self.new = loaded is None
+        self._state = _State(loaded, persist, self._stored_permanent())
 
     @property
     def sid(self) -> str | None:
         """The cookie ID, or ``None`` until the session is first stored."""
-        return self._sid
+        loaded = self._state.loaded
+        return None if loaded is None else loaded.sid
 
     def regenerate(self) -> None:
         """Move the data to a new ID when the response is saved, deleting the old row.
 
         Call it on login (and any privilege change) to defeat session fixation."""
         self._on_read()
-        self._regenerate_requested = True
+        self._state.regenerate_requested = True
         self.modified = True
 
     async def save(self) -> None:
@@ -60,18 +71,61 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
 
         For long-lived websocket handlers: Quart saves after the handler returns, which
         never happens when the client disconnects first. Only a session that is already
-        stored can be saved this way (a new one needs its cookie sent in a response)."""
-        from quart import current_app
-
-        persist = getattr(current_app.session_interface, "persist", None)
+        stored can be saved this way (a new one needs its cookie sent in a response).
+        Raises :class:`~quartsess.SessionStoreUnavailable` if the store cannot be written."""
+        persist = self._state.persist
         if persist is None:
-            raise RuntimeError("the app's session interface is not quartsess's")
+            raise RuntimeError("this session was not opened by quartsess's session interface")
         await persist(self)
 
+    # -- for the session interface: what the save needs, and what it did ------------------
+
+    @property
+    def loaded(self) -> Loaded | None:
+        """The row this session was loaded from or last saved to (``None``: not stored)."""
+        return self._state.loaded
+
+    @property
+    def regenerate_requested(self) -> bool:
+        return self._state.regenerate_requested
+
+    @property
+    def read_by_app(self) -> bool:
+        """Whether the app read or changed the session (so the response varies on the
+        cookie). quartsess's own record: frameworks may set ``accessed`` themselves."""
+        return self._state.read
+
+    @property
+    def permanence_changed(self) -> bool:
+        """Whether ``permanent`` differs from what the row holds (the cookie must follow)."""
+        return self._stored_permanent() != self._state.loaded_permanent
+
+    def _stored_permanent(self) -> bool:
+        return bool(dict.get(self, "_permanent", False))
+
+    def contents(self) -> dict[str, Any]:
+        """A copy of the data, without counting as a read."""
+        return dict(dict.items(self))
+
+    def apply_save(self, outcome: SaveOutcome) -> None:
+        """Take on what a save did: the row it wrote (or that it has none), and content
+        merged from a concurrent save."""
+        state = self._state
+        if outcome.merged is not None:
+            dict.clear(self)
+            dict.update(self, outcome.merged)
+        state.loaded = outcome.loaded
+        state.regenerate_requested = False
+        state.loaded_permanent = self._stored_permanent()
+        if outcome.loaded is not None:
+            self.new = False
+
+    # -- reads mark the session accessed, so responses get ``Vary: Cookie`` ----------------
+
     def _on_read(self) -> None:
+        self._state.read = True
         self.accessed = True
 
-    # Reads mark the session accessed, so responses get ``Vary: Cookie``.
     def __getitem__(self, key: str) -> Any:
         self._on_read()
         return super().__getitem__(key)
@@ -120,23 +174,11 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         # Never the content: session data often holds personal data or tokens.
         return f"<{type(self).__name__} keys={dict.__len__(self)} new={self.new}>"
 
-    def _contents(self) -> dict[str, Any]:
-        """The data, without marking the session accessed."""
-        return dict(dict.items(self))
-
-    def _forget_row(self) -> None:
-        """The row is gone (deleted here, or by a concurrent logout or login)."""
-        self._record = None
-        self._sid = None
-
-    def _replace_contents(self, data: Mapping[str, Any]) -> None:
-        dict.clear(self)
-        dict.update(self, data)
-
 
 class UnavailableSession(ServerSession):
-    """Stands in when the store could not be read: any use answers 503, so a database
-    outage never looks like an empty session (a silent logout)."""
+    """Stands in when the store could not be read (the interface's null session): any
+    use answers 503, so a database outage never looks like an empty session (a silent
+    logout)."""
 
     def _on_read(self) -> NoReturn:
         raise SessionStoreUnavailable()

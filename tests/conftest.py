@@ -131,7 +131,3 @@ def make_app(db_url: str, table_name: str, clock: FakeClock) -> Iterator[AppFact
         return app
 
     yield factory
-
-
-def cookie_header(name: str, value: str) -> dict[str, str]:
-    return {"Cookie": f"{name}={value}"}

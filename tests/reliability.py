@@ -22,8 +22,9 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from quartsess.codec import PayloadCodec, derive_fernet_key
+from quartsess.codec import PayloadCodec
 from quartsess.errors import InvalidPayload
+from quartsess.keys import derive_fernet_key
 from tests.load import LoadReport, run_load
 from tests.proxy import ThreadedProxy
 from tests.servers import Server, hypercorn_server, server_env, stop

@@ -11,7 +11,8 @@ from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from quartsess import Session
-from quartsess.store import SessionStore, StoredSession
+from quartsess.stores.base import StoredSession
+from quartsess.stores.sql import SqlStore
 
 
 def add_routes(app: Quart) -> Quart:
@@ -117,9 +118,11 @@ async def start(client: Any, path: str, entered: asyncio.Event) -> asyncio.Futur
     return request
 
 
-def store_of(app: Quart) -> SessionStore:
+def store_of(app: Quart) -> SqlStore:
     extension: Session = app.extensions["quartsess"]
-    return extension.interface_for(app).store
+    store = extension.store_for(app)
+    assert isinstance(store, SqlStore)
+    return store
 
 
 async def stored_rows(app: Quart) -> list[StoredSession]:

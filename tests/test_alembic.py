@@ -82,8 +82,7 @@ async def describe(engine: AsyncEngine, table_name: str) -> dict[str, Any]:
             "columns": [column["name"] for column in inspector.get_columns(table_name)],
             "primary_key": inspector.get_pk_constraint(table_name)["constrained_columns"],
             "indexes": {
-                index["name"]: index["column_names"]
-                for index in inspector.get_indexes(table_name)
+                index["name"]: index["column_names"] for index in inspector.get_indexes(table_name)
             },
         }
 
@@ -130,8 +129,7 @@ async def test_the_migration_matches_build_table(
             opts={
                 "compare_type": True,
                 "compare_server_default": True,
-                "include_name": lambda name, type_, _parent: type_ != "table"
-                or name == table_name,
+                "include_name": lambda name, type_, _parent: type_ != "table" or name == table_name,
             },
         )
         metadata = MetaData()
@@ -163,9 +161,7 @@ async def test_without_the_table_and_creation_off_session_requests_get_503(
         assert response.status_code == 503
 
 
-async def test_the_alembic_command_upgrades_and_downgrades(
-    tmp_path: Path, table_name: str
-) -> None:
+async def test_the_alembic_command_upgrades_and_downgrades(tmp_path: Path, table_name: str) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'cli.sqlite3'}"
     engine = create_async_engine(url)
     try:
@@ -203,8 +199,13 @@ async def test_the_default_database_is_the_apps_sqlite_file_in_the_instance_fold
 
 async def test_offline_mode_prints_the_sql(table_name: str) -> None:
     sql = await alembic(
-        "-x", "url=postgresql+asyncpg://nobody@127.0.0.1/none", "-x", f"table={table_name}",
-        "upgrade", "head", "--sql",
+        "-x",
+        "url=postgresql+asyncpg://nobody@127.0.0.1/none",
+        "-x",
+        f"table={table_name}",
+        "upgrade",
+        "head",
+        "--sql",
     )
     assert f"CREATE TABLE {table_name}" in sql
     assert f"CREATE INDEX ix_{table_name}_expires_at" in sql

@@ -22,7 +22,7 @@ from quart.cli import ScriptInfo
 from quartsess import ConfigurationError, generate_key
 from quartsess.cli import sessions_cli
 from quartsess.ids import log_id
-from quartsess.store import StoredSession
+from quartsess.stores.base import StoredSession
 from tests.conftest import AppFactory, FakeClock
 from tests.support import store_of, stored_rows
 

@@ -82,11 +82,11 @@ def test_timeouts_accept_timedelta_and_seconds(tmp_path: Path) -> None:
         tmp_path,
         SESSION_IDLE_TIMEOUT=timedelta(minutes=30),
         SESSION_ABSOLUTE_TIMEOUT=86400,
-        SESSION_ENCRYPTION_KEYS=[generate_key()],
+        SESSION_ENCRYPTION_KEYS=[key := generate_key()],
     )
     config = SessionConfig.from_mapping(app.config, instance_path=app.instance_path)
     assert (config.idle_timeout, config.absolute_timeout) == (1800, 86400)
-    assert config.keys_derived is False
+    assert config.encryption_keys == (key.encode(),)
 
 
 def test_idle_timeout_defaults_to_the_permanent_session_lifetime(tmp_path: Path) -> None:

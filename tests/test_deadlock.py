@@ -14,8 +14,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from quartsess.drivers import CompiledStatement, SqlAlchemyRunner
-from quartsess.store import SessionStore, StoredSession
+from quartsess.stores.base import StoredSession
+from quartsess.stores.sql import SqlStore
+from quartsess.stores.sqlalchemy_runner import SqlAlchemyRunner
+from quartsess.stores.statements import CompiledStatement
 from tests.support import DEADLINE, bounded
 
 # InnoDB locks rows in key order: FIRST, then SECOND, then the others (which the larger
@@ -35,7 +37,7 @@ async def wait_until_a_transaction_waits_for_a_lock(connection: AsyncConnection)
 
 
 async def deadlock_a_statement(
-    store: SessionStore, db_url: str, run: SqlAlchemyRunner
+    store: SqlStore, db_url: str, run: SqlAlchemyRunner
 ) -> asyncio.Future[int]:
     """Start a two-row session UPDATE through ``run`` and make InnoDB pick it as the
     victim of a deadlock with a larger transaction; returns the statement's future."""
@@ -44,7 +46,7 @@ async def deadlock_a_statement(
         await store.insert(StoredSession(id_hash, b"payload", 1, 1, 1, 10))
     statement = CompiledStatement(
         update(t).where(t.c.id_hash.in_([FIRST, SECOND])).values(version=t.c.version + 1),
-        store.engine,
+        store.engine.dialect,
     )
     other = create_async_engine(db_url)  # REPEATABLE READ transactions, like a pruner's
     try:
@@ -66,11 +68,11 @@ async def deadlock_a_statement(
 async def test_a_statement_chosen_as_deadlock_victim_is_run_again(
     db_url: str, table_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = SessionStore.from_url(make_url(db_url), table_name, {})
+    store = SqlStore.from_url(make_url(db_url), table_name, {})
     try:
         await store.prepare(create_table=True)
         with caplog.at_level(logging.INFO, logger="quartsess"):
-            victim = await deadlock_a_statement(store, db_url, SqlAlchemyRunner(store.run))
+            victim = await deadlock_a_statement(store, db_url, SqlAlchemyRunner(store.connections))
             assert await bounded(victim) == 2  # run again after the other one committed
         assert caplog.messages == ["a session write lost a deadlock in the database; retrying it"]
         first = await store.load(FIRST)
@@ -95,10 +97,10 @@ async def test_the_deadlock_reaches_the_caller_without_the_retry(
             result: int = await self._run(work)
             return result
 
-    store = SessionStore.from_url(make_url(db_url), table_name, {})
+    store = SqlStore.from_url(make_url(db_url), table_name, {})
     try:
         await store.prepare(create_table=True)
-        victim = await deadlock_a_statement(store, db_url, RunOnce(store.run))
+        victim = await deadlock_a_statement(store, db_url, RunOnce(store.connections))
         with pytest.raises(DBAPIError, match="Deadlock"):
             await bounded(victim)
     finally:

@@ -16,9 +16,10 @@ from markupsafe import Markup
 from quart import Quart, session
 from sqlalchemy import update
 
-from quartsess.codec import PayloadCodec, derive_fernet_key
+from quartsess.codec import PayloadCodec
 from quartsess.errors import InvalidPayload, SessionNotSerializable, SessionTooLarge
 from quartsess.ids import hash_session_id
+from quartsess.keys import derive_fernet_key
 from tests.conftest import AppFactory, FakeClock
 from tests.support import add_routes, execute, session_cookie, store_of, stored_rows
 

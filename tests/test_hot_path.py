@@ -13,10 +13,12 @@ import pytest
 from sqlalchemy import bindparam, column, func, literal_column, select, table
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from quartsess import drivers
-from quartsess.drivers import AsyncpgRunner, CompiledStatement, SqliteRunner
 from quartsess.errors import StoreError
 from quartsess.interface import ServerSessionInterface
+from quartsess.stores import sqlite_runner
+from quartsess.stores.asyncpg_runner import AsyncpgRunner, asyncpg_connect_kwargs
+from quartsess.stores.sqlite_runner import SqliteRunner
+from quartsess.stores.statements import CompiledStatement
 from tests.conftest import AppFactory, require_server
 from tests.support import add_routes
 
@@ -26,8 +28,10 @@ async def runner_and_sleep() -> AsyncIterator[tuple[AsyncpgRunner, CompiledState
     url = await require_server("postgresql")
     engine = create_async_engine(url)
     # SELECT pg_sleep(:s), compiled like the store's statements.
-    statement = CompiledStatement(select(func.pg_sleep(bindparam("s"))), engine)
-    runner = AsyncpgRunner(engine, {"timeout": 2, "command_timeout": 30}, max_size=2)
+    statement = CompiledStatement(select(func.pg_sleep(bindparam("s"))), engine.dialect)
+    _, url_kwargs = engine.dialect.create_connect_args(engine.url)
+    connect = asyncpg_connect_kwargs(url_kwargs, {"timeout": 2, "command_timeout": 30})
+    runner = AsyncpgRunner(connect, max_size=2)
     try:
         yield runner, statement
     finally:
@@ -89,7 +93,7 @@ async def test_a_refused_statement_keeps_the_connection(
     try:
         bad = CompiledStatement(
             select(literal_column("1")).select_from(table("qs_no_such_table", column("x"))),
-            engine,
+            engine.dialect,
         )
     finally:
         await engine.dispose()
@@ -107,14 +111,14 @@ async def test_a_read_only_request_starts_no_save(make_app: AppFactory) -> None:
         client = test_app.test_client()
         await client.post("/set", json={"name": "ada", "cart": {"tea": 1}})
         saves = 0
-        original = interface._save_or_report
+        original = interface.saver.save
 
-        async def counting(*args: Any) -> None:
+        async def counting(*args: Any, **kwargs: Any) -> Any:
             nonlocal saves
             saves += 1
-            await original(*args)
+            return await original(*args, **kwargs)
 
-        interface._save_or_report = counting  # type: ignore[method-assign]
+        interface.saver.save = counting  # type: ignore[method-assign]
         response = await client.get("/get/name")
         assert response.status_code == 200
         assert response.headers["Vary"] == "Cookie"
@@ -132,14 +136,16 @@ async def test_sqlite_checkpoints_run_on_the_thread_not_in_a_request(
         result = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         checkpoints.append((threading.current_thread().name, result))
 
-    monkeypatch.setattr(drivers, "_checkpoint", recording_checkpoint)
+    monkeypatch.setattr(sqlite_runner, "_checkpoint", recording_checkpoint)
     path = tmp_path / "wal.sqlite3"
     setup = sqlite3.connect(path)
     setup.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
     setup.close()
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
     t = table("t", column("k"), column("v"))
-    insert_row = CompiledStatement(t.insert().values(k=bindparam("k"), v=bindparam("v")), engine)
+    insert_row = CompiledStatement(
+        t.insert().values(k=bindparam("k"), v=bindparam("v")), engine.dialect
+    )
     runner = SqliteRunner(str(path), busy_timeout_ms=1000)
     try:
         for k in range(SqliteRunner.CHECKPOINT_EVERY - 1):

@@ -15,7 +15,8 @@ from sqlalchemy.engine import make_url
 from quartsess import Session
 from quartsess.pruner import LOCK_NAME, Pruner
 from quartsess.schema import build_table
-from quartsess.store import SessionStore, StoredSession
+from quartsess.stores.base import StoredSession
+from quartsess.stores.sql import SqlStore
 from tests.conftest import AppFactory, FakeClock
 from tests.support import StatementLog, execute, store_of, stored_rows
 
@@ -95,9 +96,7 @@ async def test_prune_works_in_bounded_batches(make_app: AppFactory, clock: FakeC
         assert await row_count(app) == 2
 
 
-async def test_requests_are_served_between_batches(
-    make_app: AppFactory, clock: FakeClock
-) -> None:
+async def test_requests_are_served_between_batches(make_app: AppFactory, clock: FakeClock) -> None:
     """The pruner holds no connection (on SQLite: not the shared one) between batches."""
     app = make_app(**NO_BACKGROUND)
 
@@ -282,8 +281,8 @@ async def test_server_databases_let_one_worker_prune_at_a_time(
 async def test_the_prune_lock_is_per_table_and_a_no_op_elsewhere(
     backend: str, db_url: str, table_name: str
 ) -> None:
-    store = SessionStore.from_url(make_url(db_url), table_name, {})
-    neighbour = SessionStore.from_url(make_url(db_url), f"{table_name}_b", {})
+    store = SqlStore.from_url(make_url(db_url), table_name, {})
+    neighbour = SqlStore.from_url(make_url(db_url), f"{table_name}_b", {})
     try:
         async with store.try_lock(LOCK_NAME) as first:
             async with store.try_lock(LOCK_NAME) as second, neighbour.try_lock(LOCK_NAME) as third:
@@ -295,7 +294,7 @@ async def test_the_prune_lock_is_per_table_and_a_no_op_elsewhere(
 
 
 async def test_pruner_uses_the_injected_clock(db_url: str, table_name: str) -> None:
-    store = SessionStore.from_url(make_url(db_url), table_name, {})
+    store = SqlStore.from_url(make_url(db_url), table_name, {})
     clock = FakeClock(1000)
     try:
         await store.prepare(create_table=True)

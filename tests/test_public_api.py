@@ -17,6 +17,16 @@ def test_every_public_name_is_documented_in_the_readme() -> None:
     assert set(quartsess.__all__) <= documented
     for name in quartsess.__all__:
         assert hasattr(quartsess, name)
+    # And the other way: every name a bullet introduces is exported.
+    introduced = set(re.findall(r"^- `([A-Za-z_][A-Za-z0-9_]*)`", section, re.MULTILINE))
+    assert introduced <= set(quartsess.__all__)
+
+
+def test_every_error_is_a_quartsess_error() -> None:
+    for name in quartsess.__all__:
+        value = getattr(quartsess, name)
+        if isinstance(value, type) and issubclass(value, BaseException):
+            assert issubclass(value, quartsess.QuartSessError), name
 
 
 def test_every_setting_is_in_the_readme_configuration_table() -> None:

@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from quartsess.store import SessionStore, StoredSession
+from quartsess.stores.base import StoredSession
+from quartsess.stores.sql import SqlStore
 
 
 async def test_a_locked_database_delays_a_write_without_blocking_the_loop(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "shared.sqlite3"
-    store = SessionStore.from_url(make_url(f"sqlite+aiosqlite:///{path}"), "quart_sessions", {})
+    store = SqlStore.from_url(make_url(f"sqlite+aiosqlite:///{path}"), "quart_sessions", {})
     try:
         await store.prepare(create_table=True)
         row = StoredSession("cd" * 32, b"payload", 1, 1, 1, 100)
@@ -59,9 +60,7 @@ def test_workers_opening_a_new_file_at_once_all_start(tmp_path: Path) -> None:
 
     def worker(path: Path, barrier: threading.Barrier) -> None:
         async def start() -> None:
-            store = SessionStore.from_url(
-                make_url(f"sqlite+aiosqlite:///{path}"), "quart_sessions", {}
-            )
+            store = SqlStore.from_url(make_url(f"sqlite+aiosqlite:///{path}"), "quart_sessions", {})
             try:
                 barrier.wait(timeout=10)
                 await store.prepare(create_table=True)
@@ -90,7 +89,7 @@ async def test_an_in_memory_uri_leaves_no_file_behind(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     url = "sqlite+aiosqlite:///file:sessions?mode=memory&cache=shared&uri=true"
-    store = SessionStore.from_url(make_url(url), "quart_sessions", {})
+    store = SqlStore.from_url(make_url(url), "quart_sessions", {})
     try:
         await store.prepare(create_table=True)
         row = StoredSession("ef" * 32, b"payload", 1, 1, 1, 100)

@@ -7,7 +7,8 @@ import asyncio
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
-from quartsess.store import SessionStore, StoredSession
+from quartsess.stores.base import StoredSession
+from quartsess.stores.sql import SqlStore
 
 WORKERS = 6
 
@@ -15,7 +16,7 @@ WORKERS = 6
 async def test_workers_creating_the_table_at_once_do_not_crash(
     db_url: str, table_name: str
 ) -> None:
-    stores = [SessionStore.from_url(make_url(db_url), table_name, {}) for _ in range(WORKERS)]
+    stores = [SqlStore.from_url(make_url(db_url), table_name, {}) for _ in range(WORKERS)]
     try:
         async with asyncio.timeout(30):
             await asyncio.gather(*(store.prepare(create_table=True) for store in stores))
@@ -37,7 +38,7 @@ async def test_workers_creating_the_table_at_once_do_not_crash(
 
 
 async def test_table_creation_can_be_turned_off(db_url: str, table_name: str) -> None:
-    store = SessionStore.from_url(make_url(db_url), table_name, {})
+    store = SqlStore.from_url(make_url(db_url), table_name, {})
     try:
         await store.prepare(create_table=False)
 

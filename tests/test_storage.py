@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from markupsafe import Markup
 from quart import jsonify, session
 
-from quartsess.codec import SessionSerializer
+from quartsess.serializer import SessionSerializer
 from tests.conftest import AppFactory, FakeClock
 from tests.support import StatementLog, add_routes, session_cookie, stored_rows
 

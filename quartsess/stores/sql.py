@@ -1,15 +1,13 @@
-"""Async SQL storage of session rows. Knows nothing of Quart; sees only bytes and integers."""
+"""The SQL store: the sessions table through SQLAlchemy Core, its per-request statements
+through the fastest correct runner for the database, and maintenance (pruning,
+statistics, key rotation) through SQLAlchemy."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     MetaData,
@@ -17,7 +15,6 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
-    event,
     func,
     insert,
     inspect,
@@ -26,237 +23,113 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .drivers import (
+from ..schema import build_table
+from .base import StoredSession, StoreStats
+from .connections import Connections, create_engine, effective_connect_args
+from .sqlalchemy_runner import (
     MYSQL_DEADLOCK,
     MYSQL_LOCK_WAIT_TIMEOUT,
-    CompiledStatement,
-    SqliteRunner,
-    StatementRunner,
-    choose_runner,
-    configure_sqlite,
+    SqlAlchemyRunner,
     retry_rolled_back,
-    use_wal,
 )
-from .errors import StoreError
-from .schema import build_table
+from .sqlite_runner import SQLITE_BUSY_TIMEOUT_MS, SqliteRunner
+from .statements import CompiledStatement, Row, StatementRunner
+
+if TYPE_CHECKING:
+    from ..config import SessionConfig
 
 T = TypeVar("T")
 
-SQLITE_BUSY_TIMEOUT_MS = 10_000
-# An outage should give a fast 503, not a request hanging on a TCP connect.
-_CONNECT_TIMEOUTS: dict[str, dict[str, Any]] = {
-    "postgresql": {"timeout": 5, "command_timeout": 30},
-    "mysql": {"connect_timeout": 5},
-    "mariadb": {"connect_timeout": 5},
-}
-# Any of these means "the store cannot answer now" (a 503), never "no session".
-STORE_ERRORS: tuple[type[BaseException], ...] = (
-    StoreError,
-    SQLAlchemyError,
-    OSError,
-    TimeoutError,
-)
+#: Connections of a worker's PostgreSQL budget kept for maintenance: the pruner holds
+#: one for its lock and deletes on another.
+MAINTENANCE_CONNECTIONS = 2
 
 
-@dataclass(frozen=True, slots=True)
-class StoredSession:
-    """One row of the sessions table."""
-
-    id_hash: str = field(repr=False)
-    payload: bytes = field(repr=False)
-    version: int
-    created_at: int
-    touched_at: int
-    expires_at: int
+def postgresql_budget(options: Mapping[str, Any]) -> int:
+    """The PostgreSQL connections one worker may hold: ``pool_size + max_overflow`` of
+    ``SESSION_ENGINE_OPTIONS`` (SQLAlchemy's defaults: 5 + 10)."""
+    return int(options.get("pool_size", 5)) + int(options.get("max_overflow", 10))
 
 
-@dataclass(frozen=True, slots=True)
-class StoreStats:
-    """Size of the sessions table: rows, rows past their deadline, payload bytes."""
+class SqlStore:
+    """The sessions table in a SQL database (SQLite, PostgreSQL, MariaDB/MySQL).
 
-    rows: int
-    expired_rows: int
-    payload_bytes: int
-    largest_payload_bytes: int
+    Per-request operations are one statement each, compiled once: on a SQLite file they
+    run through ``sqlite3`` on the event loop (waiting on a thread only when another
+    process holds the lock), on PostgreSQL through an asyncpg pool, elsewhere through
+    SQLAlchemy. On PostgreSQL the worker's connections stay within
+    ``pool_size + max_overflow``: two for maintenance, the rest for requests."""
 
-
-def create_engine(url: URL, options: Mapping[str, Any]) -> AsyncEngine:
-    """The SQLAlchemy engine for schema work and maintenance (the per-request statements
-    run through :mod:`quartsess.drivers`): autocommit statements, hidden parameters, and
-    on SQLite one connection per process in WAL mode with a busy timeout."""
-    backend = url.get_backend_name()
-    kwargs: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", "hide_parameters": True}
-    if backend == "sqlite":
-        # One connection per process: SQLite serializes writers anyway, and a pool of
-        # several aiosqlite threads adds checkout cost and lock stalls.
-        kwargs["poolclass"] = StaticPool
-    if url.get_driver_name() == "asyncpg":
-        # Requests use their own asyncpg pool (see drivers.py); this engine only serves
-        # maintenance, where a liveness check per checkout is cheap insurance after outages.
-        kwargs["pool_pre_ping"] = True
-    connect_args = effective_connect_args(url, options)
-    kwargs.update(options)
-    if connect_args:
-        kwargs["connect_args"] = connect_args
-    engine = create_async_engine(url, **kwargs)
-    if backend == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
-    return engine
-
-
-def effective_connect_args(url: URL, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Driver connect arguments: short default timeouts, overridden by the app's."""
-    connect_args = dict(_CONNECT_TIMEOUTS.get(url.get_backend_name(), {}))
-    connect_args.update(options.get("connect_args", {}))
-    return connect_args
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    configure_sqlite(dbapi_connection, SQLITE_BUSY_TIMEOUT_MS)
-
-
-def _prepare_sqlite_file(database: str, is_uri: bool) -> None:
-    """Create the file's directory and put the file in WAL mode (blocks: run on a thread)."""
-    if not is_uri:
-        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
-    try:
-        connection = sqlite3.connect(database, uri=is_uri, timeout=0, isolation_level=None)
-        try:
-            use_wal(connection, SQLITE_BUSY_TIMEOUT_MS)
-        finally:
-            connection.close()
-    except sqlite3.Error as error:
-        raise StoreError(f"cannot open the SQLite database: {error}") from error
-
-
-class SessionStore:
-    """Load, insert, update, touch and delete session rows; one statement each."""
-
-    def __init__(
-        self, engine: AsyncEngine, table_name: str, options: Mapping[str, Any] | None = None
-    ) -> None:
-        self.engine = engine
+    def __init__(self, url: URL, table_name: str, options: Mapping[str, Any] | None = None):
+        options = dict(options or {})
+        engine_options = dict(options)
+        budget = postgresql_budget(options)
+        asyncpg = url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg"
+        if asyncpg:
+            engine_options.update(pool_size=1, max_overflow=MAINTENANCE_CONNECTIONS - 1)
+        self.engine = create_engine(url, engine_options)
+        self.connections = Connections(self.engine)
         self.table: Table = build_table(MetaData(), table_name)
-        self._single_connection = engine.dialect.name == "sqlite"
-        self._connection: AsyncConnection | None = None
-        self._connection_loop: asyncio.AbstractEventLoop | None = None
-        self._lock: asyncio.Lock | None = None
         self._ready = False
-        t = self.table
-        by_id = t.c.id_hash == bindparam("h")
-        by_id_and_version = (by_id, t.c.version == bindparam("old_version"))
-        self._hot = {
-            "load": CompiledStatement(
-                select(
-                    t.c.payload, t.c.version, t.c.created_at, t.c.touched_at, t.c.expires_at
-                ).where(by_id),
-                engine,
-            ),
-            "insert": CompiledStatement(insert(t), engine, [c.name for c in t.columns]),
-            "update": CompiledStatement(
-                update(t)
-                .where(*by_id_and_version)
-                .values(
-                    payload=bindparam("new_payload"),
-                    version=bindparam("new_version"),
-                    touched_at=bindparam("new_touched"),
-                    expires_at=bindparam("new_expires"),
-                ),
-                engine,
-            ),
-            "touch": CompiledStatement(
-                update(t)
-                .where(by_id)
-                .values(touched_at=bindparam("new_touched"), expires_at=bindparam("new_expires")),
-                engine,
-            ),
-            "delete": CompiledStatement(delete(t).where(by_id), engine),
-            "delete_version": CompiledStatement(delete(t).where(*by_id_and_version), engine),
-        }
+        self._hot = _hot_statements(self.table, self.engine.dialect)
         #: Callables told the name of each per-request statement before it runs
-        #: (``"load"``, ``"insert"``, ``"update"``, ``"touch"``, ``"delete"``): for
-        #: metrics, tracing, or tests that count database round trips.
+        #: (``"load"``, ``"insert"``, ``"update"``, ``"touch"``, ``"delete"``,
+        #: ``"delete_version"``): for metrics, tracing, or tests that count round trips.
         self.statement_listeners: list[Callable[[str], None]] = []
-        options = options or {}
-        self._runner: StatementRunner = choose_runner(
-            engine,
-            engine.url,
-            options,
-            effective_connect_args(engine.url, options),
-            self.run,
-            SQLITE_BUSY_TIMEOUT_MS,
-        )
+        self._runner: StatementRunner = self._choose_runner(url, options, asyncpg, budget)
 
     @classmethod
-    def from_url(cls, url: URL, table_name: str, options: Mapping[str, Any]) -> SessionStore:
-        return cls(create_engine(url, options), table_name, options)
+    def from_url(cls, url: URL, table_name: str, options: Mapping[str, Any]) -> SqlStore:
+        return cls(url, table_name, options)
 
-    # -- connections --------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: SessionConfig) -> SqlStore:
+        """The store an app's settings describe (``Session.store_class`` hook)."""
+        return cls(config.db_url, config.table, config.engine_options)
+
+    def _choose_runner(
+        self, url: URL, options: Mapping[str, Any], asyncpg: bool, budget: int
+    ) -> StatementRunner:
+        if url.get_backend_name() == "sqlite" and url.get_driver_name() == "aiosqlite":
+            database = url.database or ""
+            if database and database != ":memory:" and not database.startswith("file:"):
+                return SqliteRunner(database, SQLITE_BUSY_TIMEOUT_MS)
+        if asyncpg:
+            from .asyncpg_runner import AsyncpgRunner, asyncpg_connect_kwargs
+
+            _, url_kwargs = self.engine.dialect.create_connect_args(url)
+            connect = asyncpg_connect_kwargs(url_kwargs, effective_connect_args(url, options))
+            return AsyncpgRunner(connect, max(budget - MAINTENANCE_CONNECTIONS, 1))
+        return SqlAlchemyRunner(self.connections)
+
+    @property
+    def backend(self) -> str:
+        name = self.engine.dialect.name
+        return "mysql" if name == "mariadb" else name
+
+    def describe(self) -> str:
+        url = self.engine.url.render_as_string(hide_password=True)
+        return f"table {self.table.name!r} in {url}"
+
+    @property
+    def writes_inline(self) -> bool:
+        return isinstance(self._runner, SqliteRunner)
 
     async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``work`` with a SQLAlchemy connection: this process's one connection on
-        SQLite, a pooled one elsewhere. For schema work and maintenance; the per-request
-        statements take the faster paths of :mod:`quartsess.drivers`."""
-        if not self._single_connection:
-            async with self.engine.connect() as connection:
-                return await work(connection)
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._connection_loop is not loop:
-            # First use, or the app moved to a new event loop (e.g. one per test):
-            # connections and locks cannot cross loops.
-            self._lock = asyncio.Lock()
-            self._connection = None
-            self._connection_loop = loop
-        async with self._lock:
-            if self._connection is None:
-                await self._prepare_sqlite_file()
-                self._connection = await self.engine.connect()
-            try:
-                return await work(self._connection)
-            except DBAPIError as error:
-                if error.connection_invalidated:
-                    await self._drop_connection()
-                raise
-
-    async def _drop_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            try:
-                await connection.close()
-            except SQLAlchemyError:
-                pass  # it is already broken; the next statement opens a new one
-
-    async def _prepare_sqlite_file(self) -> None:
-        # The file exactly as the engine opens it: a "file:" URI keeps its options
-        # (mode=memory, ...), which a bare "file:x" would turn into a file named x.
-        [database], options = self.engine.dialect.create_connect_args(self.engine.url)
-        if database == ":memory:":
-            return
-        is_uri = bool(options.get("uri"))
-        await asyncio.get_running_loop().run_in_executor(
-            None, _prepare_sqlite_file, database, is_uri
-        )
+        """Run ``work`` with a SQLAlchemy connection (schema work and maintenance)."""
+        return await self.connections.run(work)
 
     async def close(self) -> None:
-        """Close every connection (the store opens new ones if used again)."""
         await self._runner.close()
-        if self._lock is not None and self._connection_loop is asyncio.get_running_loop():
-            async with self._lock:
-                await self._drop_connection()
-        self._connection = None
-        await self.engine.dispose()
+        await self.connections.close()
         self._ready = False
 
     # -- schema ---------------------------------------------------------------------
 
     async def prepare(self, *, create_table: bool) -> None:
-        """Check the database answers and, if asked, create the table when missing.
-
-        Safe when several workers start at the same moment."""
         if self._ready:
             return
         if create_table:
@@ -289,7 +162,7 @@ class SessionStore:
     def _table_exists(self, connection: Connection) -> bool:
         return inspect(connection).has_table(self.table.name)
 
-    # -- rows -----------------------------------------------------------------------
+    # -- rows ---------------------------------------------------------------------
 
     async def load(self, id_hash: str) -> StoredSession | None:
         row = await self._fetch_one("load", {"h": id_hash})
@@ -337,16 +210,15 @@ class SessionStore:
     async def delete(self, id_hash: str) -> None:
         await self._hot_rowcount("delete", {"h": id_hash})
 
-    async def _fetch_one(self, name: str, params: dict[str, Any]) -> Sequence[Any] | None:
+    async def delete_version(self, id_hash: str, version: int) -> bool:
+        """Delete the row if it still has ``version`` (not if a request rewrote it)."""
+        params = {"h": id_hash, "old_version": version}
+        return await self._hot_rowcount("delete_version", params) == 1
+
+    async def _fetch_one(self, name: str, params: dict[str, Any]) -> Row | None:
         for listener in self.statement_listeners:
             listener(name)
         return await self._runner.fetch_one(self._hot[name], params)
-
-    @property
-    def writes_inline(self) -> bool:
-        """Whether per-request statements run on the event loop without waiting (SQLite's
-        inline path): nothing in them can be cancelled half-way or time out."""
-        return isinstance(self._runner, SqliteRunner)
 
     async def _hot_rowcount(self, name: str, params: dict[str, Any]) -> int:
         for listener in self.statement_listeners:
@@ -361,6 +233,12 @@ class SessionStore:
         return await self.run(work)
 
     # -- maintenance: pruning, statistics, key rotation ------------------------------
+
+    async def table_exists(self) -> bool:
+        def exists(connection: Connection) -> bool:
+            return inspect(connection).has_table(self.table.name)
+
+        return await self.run(lambda connection: connection.run_sync(exists))
 
     async def delete_expired(self, now: int, limit: int) -> int:
         """Delete at most ``limit`` rows whose deadline ``expires_at`` is at or before
@@ -492,10 +370,38 @@ class SessionStore:
 
         return await self.run(work)
 
-    async def delete_version(self, id_hash: str, version: int) -> bool:
-        """Delete the row if it still has ``version`` (not if a request rewrote it)."""
-        params = {"h": id_hash, "old_version": version}
-        return await self._hot_rowcount("delete_version", params) == 1
+
+def _hot_statements(t: Table, dialect: Any) -> dict[str, CompiledStatement]:
+    by_id = t.c.id_hash == bindparam("h")
+    by_id_and_version = (by_id, t.c.version == bindparam("old_version"))
+    return {
+        "load": CompiledStatement(
+            select(t.c.payload, t.c.version, t.c.created_at, t.c.touched_at, t.c.expires_at).where(
+                by_id
+            ),
+            dialect,
+        ),
+        "insert": CompiledStatement(insert(t), dialect, [c.name for c in t.columns]),
+        "update": CompiledStatement(
+            update(t)
+            .where(*by_id_and_version)
+            .values(
+                payload=bindparam("new_payload"),
+                version=bindparam("new_version"),
+                touched_at=bindparam("new_touched"),
+                expires_at=bindparam("new_expires"),
+            ),
+            dialect,
+        ),
+        "touch": CompiledStatement(
+            update(t)
+            .where(by_id)
+            .values(touched_at=bindparam("new_touched"), expires_at=bindparam("new_expires")),
+            dialect,
+        ),
+        "delete": CompiledStatement(delete(t).where(by_id), dialect),
+        "delete_version": CompiledStatement(delete(t).where(*by_id_and_version), dialect),
+    }
 
 
 def hash_lock_key(name: str) -> int:

@@ -1,0 +1,244 @@
+"""Per-request statements on PostgreSQL through asyncpg, with a minimal pool of our own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import StoreError
+from .statements import CompiledStatement, Row
+
+# asyncpg.connect() keyword arguments that SQLAlchemy's URL translation may produce.
+_ASYNCPG_CONNECT_KEYS = frozenset(
+    {
+        "host",
+        "port",
+        "user",
+        "password",
+        "passfile",
+        "database",
+        "timeout",
+        "statement_cache_size",
+        "max_cached_statement_lifetime",
+        "max_cacheable_statement_size",
+        "command_timeout",
+        "ssl",
+        "direct_tls",
+        "server_settings",
+        "target_session_attrs",
+        "krbsrvname",
+        "gsslib",
+    }
+)
+
+
+class AsyncpgRunner:
+    """asyncpg connections kept open and handed out by a minimal pool of our own.
+
+    asyncpg's ``Pool`` costs more per checkout than the statement itself: ``acquire``
+    with a timeout runs in a task of its own (``wait_for``), ``release`` is shielded in
+    another, and each holds proxies and inactivity timers. Here an idle connection is
+    a list pop and a release is a list append (or a hand-off to the oldest waiter); only
+    a request that finds every connection busy waits, with the acquire time-out.
+    Connections only run the six autocommit statements and never change session
+    state, so none needs a reset. One that failed or was interrupted in the middle of a
+    statement is terminated, never reused."""
+
+    def __init__(self, connect_kwargs: Mapping[str, Any], max_size: int) -> None:
+        self._connect_kwargs = dict(connect_kwargs)
+        kwargs = self._connect_kwargs
+        self._acquire_timeout = float(kwargs.get("timeout", 5))
+        self._max_size = max_size
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: list[Any] = []  # connections ready for use, most recently used last
+        self._members: set[Any] = set()  # every open connection of this loop
+        self._slots = 0  # connections open or being opened (at most max_size)
+        # Requests waiting for a connection; each gets one, or None: "a slot is yours,
+        # open a connection in it".
+        self._waiters: deque[asyncio.Future[Any]] = deque()
+        # Bumped by close() and loop changes: a connection opened for an older generation
+        # is not this pool's (its slot was already forgotten), so it is terminated.
+        self._generation = 0
+        import asyncpg  # type: ignore[import-untyped]
+
+        self._errors = _asyncpg_errors()
+        self._server_errors: tuple[type[BaseException], ...] = (asyncpg.PostgresError,)
+        # Also PostgresErrors, but the connection is gone.
+        self._lost: tuple[type[BaseException], ...] = (asyncpg.PostgresConnectionError,)
+
+    async def fetch_one(
+        self, statement: CompiledStatement, params: Mapping[str, Any]
+    ) -> Row | None:
+        row = await self._call("fetchrow", statement, params)
+        return None if row is None else tuple(row)
+
+    async def rowcount(self, statement: CompiledStatement, params: Mapping[str, Any]) -> int:
+        status = await self._call("execute", statement, params)
+        return int(str(status).rsplit(" ", 1)[-1])
+
+    async def _call(
+        self, method: str, statement: CompiledStatement, params: Mapping[str, Any]
+    ) -> Any:
+        """``connection.<method>(sql, *arguments)`` on a pooled connection."""
+        connection = await self._acquire()
+        try:
+            result = await getattr(connection, method)(statement.sql, *statement.arguments(params))
+        except BaseException as error:
+            replacement = self._failed(connection, error)
+            if replacement is None:
+                raise
+            raise replacement from error
+        self._release(connection)
+        return result
+
+    # -- the pool -----------------------------------------------------------------------
+
+    async def _acquire(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # First use, or the app moved to another event loop (one per test, say):
+            # connections cannot cross loops.
+            self._forget_all()
+            self._loop = loop
+        generation = self._generation
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if not connection.is_closed():
+                return connection
+            self._members.discard(connection)
+            self._slots -= 1
+        if self._slots < self._max_size:
+            self._slots += 1
+            return await self._connect_in_slot(generation)
+        waiter: asyncio.Future[Any] = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self._acquire_timeout):
+                connection = await waiter
+        except BaseException as error:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Handed something just as we gave up: pass it on.
+                handed = waiter.result()
+                if handed is None:
+                    if generation == self._generation:
+                        self._free_slot()
+                else:
+                    self._release(handed)
+            else:
+                waiter.cancel()
+            if isinstance(error, TimeoutError):
+                raise StoreError(
+                    f"PostgreSQL: no connection free within {self._acquire_timeout:g} s "
+                    f"({self._max_size} in use)"
+                ) from error
+            raise
+        if connection is None:
+            return await self._connect_in_slot(generation)
+        return connection
+
+    async def _connect_in_slot(self, generation: int) -> Any:
+        import asyncpg
+
+        try:
+            connection = await asyncpg.connect(**self._connect_kwargs)
+        except BaseException as error:
+            if generation == self._generation:
+                self._free_slot()
+            if isinstance(error, self._errors):
+                raise StoreError(f"PostgreSQL: {type(error).__name__}: {error}") from error
+            raise
+        if generation != self._generation:  # the pool was closed while we connected
+            connection.terminate()
+            raise StoreError("PostgreSQL: the session store was closed")
+        self._members.add(connection)
+        return connection
+
+    def _release(self, connection: Any) -> None:
+        if connection not in self._members:  # opened before close() or on another loop
+            connection.terminate()
+            return
+        if connection.is_closed():
+            self._members.discard(connection)
+            self._free_slot()
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        self._idle.append(connection)
+
+    def _free_slot(self) -> None:
+        """A connection went away: its slot goes to the oldest waiter, if any."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._slots -= 1
+
+    def _failed(self, connection: Any, error: BaseException) -> StoreError | None:
+        """Release ``connection`` after ``error``; returns the StoreError to raise
+        instead, or None to let ``error`` (a cancellation, say) through."""
+        if isinstance(error, self._server_errors) and not isinstance(error, self._lost):
+            # The server refused the statement; the connection is fine.
+            self._release(connection)
+            return StoreError(f"PostgreSQL: {type(error).__name__}: {error}")
+        # Broken, timed out or cancelled mid-statement: its state is unknown.
+        connection.terminate()
+        if connection in self._members:
+            self._members.discard(connection)
+            self._free_slot()
+        if isinstance(error, self._errors):
+            return StoreError(f"PostgreSQL: {type(error).__name__}: {error}")
+        return None
+
+    def _forget_all(self) -> None:
+        # Connections of a loop that is gone cannot even be closed from here; they
+        # are dropped (the server ends them when their sockets close).
+        self._generation += 1
+        self._idle = []
+        self._members = set()
+        self._slots = 0
+        self._waiters = deque()
+
+    async def close(self) -> None:
+        idle, loop, waiters = self._idle, self._loop, self._waiters
+        self._forget_all()
+        for waiter in waiters:  # requests waiting for a connection fail now, not later
+            if not waiter.done():
+                waiter.set_exception(StoreError("PostgreSQL: the session store was closed"))
+        self._loop = None
+        if loop is not asyncio.get_running_loop():
+            return
+        for connection in idle:
+            try:
+                await connection.close(timeout=self._acquire_timeout)
+            except self._errors:
+                connection.terminate()
+
+
+def asyncpg_connect_kwargs(
+    url_kwargs: Mapping[str, Any], connect_args: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``asyncpg.connect()`` arguments from SQLAlchemy's translation of the URL and the
+    app's ``connect_args``."""
+    kwargs = {k: v for k, v in url_kwargs.items() if k in _ASYNCPG_CONNECT_KEYS}
+    kwargs.update(connect_args)
+    return kwargs
+
+
+def _asyncpg_errors() -> tuple[type[BaseException], ...]:
+    """What asyncpg raises when the database cannot answer (all become StoreError)."""
+    import asyncpg
+
+    return (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        OSError,
+        TimeoutError,
+    )

@@ -1,0 +1,147 @@
+"""The store contract: what the save protocol, the pruner and the CLI may ask of a store.
+
+A store keeps rows of ciphertext keyed by the SHA-256 of a session ID; it never sees a
+session ID, a session's data or Quart. Every method raises one of :data:`STORE_ERRORS`
+when the database cannot answer; "no such row" is never an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, Self
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import StoreError
+
+if TYPE_CHECKING:
+    from ..config import SessionConfig
+
+# Any of these means "the store cannot answer now" (a 503), never "no session".
+STORE_ERRORS: tuple[type[BaseException], ...] = (
+    StoreError,
+    SQLAlchemyError,
+    OSError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """One row of the sessions table: epoch seconds, and the payload as ciphertext."""
+
+    id_hash: str = field(repr=False)
+    payload: bytes = field(repr=False)
+    version: int
+    created_at: int
+    touched_at: int
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Size of the sessions table: rows, rows past their deadline, payload bytes."""
+
+    rows: int
+    expired_rows: int
+    payload_bytes: int
+    largest_payload_bytes: int
+
+
+class SessionStore(Protocol):
+    """The per-request operations: each is one statement (one round trip)."""
+
+    @property
+    def writes_inline(self) -> bool:
+        """True if writes finish without ever waiting on the event loop (nothing in them
+        can be cancelled half-way or time out), so they need no task of their own."""
+        ...
+
+    async def prepare(self, *, create_table: bool) -> None:
+        """Check that the database answers and, if asked, create the table when missing.
+        Cheap after the first success; safe when several workers start at once."""
+        ...
+
+    async def load(self, id_hash: str) -> StoredSession | None:
+        """The row, or ``None`` if there is none (expired rows are returned as they are:
+        expiry is the save protocol's policy)."""
+        ...
+
+    async def insert(self, row: StoredSession) -> None:
+        """Add a new row (its ``id_hash`` is fresh: 256 random bits)."""
+        ...
+
+    async def update(
+        self,
+        id_hash: str,
+        *,
+        expected_version: int,
+        payload: bytes,
+        touched_at: int,
+        expires_at: int,
+    ) -> bool:
+        """Write new content and bump the version if the row still has
+        ``expected_version``. False if it changed under us or is gone: an update never
+        re-creates a row."""
+        ...
+
+    async def touch(self, id_hash: str, *, touched_at: int, expires_at: int) -> bool:
+        """Extend the idle deadline, whatever the version; False if the row is gone."""
+        ...
+
+    async def delete(self, id_hash: str) -> None:
+        """Delete the row if it is there."""
+        ...
+
+    async def delete_version(self, id_hash: str, version: int) -> bool:
+        """Delete the row if it still has ``version``; False if it changed or is gone."""
+        ...
+
+    async def close(self) -> None:
+        """Close every connection; the store opens new ones if used again."""
+        ...
+
+
+class MaintainedStore(SessionStore, Protocol):
+    """A store the pruner and the ``quart sessions`` commands can work on."""
+
+    @classmethod
+    def from_config(cls, config: SessionConfig) -> Self:
+        """The store an app's validated settings describe."""
+        ...
+
+    @property
+    def backend(self) -> str:
+        """The kind of database: ``"sqlite"``, ``"postgresql"``, ``"mysql"``, ``"memory"``."""
+        ...
+
+    def describe(self) -> str:
+        """Which table in which database, for messages (any password masked)."""
+        ...
+
+    async def table_exists(self) -> bool: ...
+
+    async def delete_expired(self, now: int, limit: int) -> int:
+        """Delete at most ``limit`` rows whose ``expires_at`` is at or before ``now``;
+        returns how many. Safe to run from several processes at once."""
+        ...
+
+    def try_lock(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """Hold a lock called ``name``, shared by every process using this table, for the
+        block if nobody holds it; yields whether it was acquired. A store that cannot
+        lock across processes yields True, and callers must be correct concurrently."""
+        ...
+
+    async def stats(self, now: int) -> StoreStats: ...
+
+    async def scan(self, after: str, limit: int) -> list[tuple[str, bytes, int]]:
+        """Up to ``limit`` rows ``(id_hash, payload, version)`` whose id_hash sorts after
+        ``after`` (``""`` to start), in id_hash order: walks the table in batches."""
+        ...
+
+    async def replace_payloads(self, rows: Sequence[tuple[str, int, bytes]]) -> int:
+        """For each ``(id_hash, version, payload)``, store the new ciphertext if the row
+        still has that version, keeping the version; returns how many were replaced."""
+        ...

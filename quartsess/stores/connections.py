@@ -1,0 +1,122 @@
+"""The SQLAlchemy engine and its connections, for schema work, maintenance and the
+databases whose per-request statements go through SQLAlchemy."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from .sqlite_runner import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite, prepare_sqlite_file
+
+T = TypeVar("T")
+
+# An outage should give a fast 503, not a request hanging on a TCP connect.
+_CONNECT_TIMEOUTS: dict[str, dict[str, Any]] = {
+    "postgresql": {"timeout": 5, "command_timeout": 30},
+    "mysql": {"connect_timeout": 5},
+    "mariadb": {"connect_timeout": 5},
+}
+
+
+def effective_connect_args(url: URL, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Driver connect arguments: short default timeouts, overridden by the app's."""
+    connect_args = dict(_CONNECT_TIMEOUTS.get(url.get_backend_name(), {}))
+    connect_args.update(options.get("connect_args", {}))
+    return connect_args
+
+
+def create_engine(url: URL, options: Mapping[str, Any]) -> AsyncEngine:
+    """The SQLAlchemy engine for ``url``: autocommit statements, hidden parameters, and on
+    SQLite one connection per process in WAL mode with a busy timeout. ``options`` are
+    the app's ``SESSION_ENGINE_OPTIONS``, applied last."""
+    backend = url.get_backend_name()
+    kwargs: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", "hide_parameters": True}
+    if backend == "sqlite":
+        # One connection per process: SQLite serializes writers anyway, and a pool of
+        # several aiosqlite threads adds checkout cost and lock stalls.
+        kwargs["poolclass"] = StaticPool
+    if url.get_driver_name() == "asyncpg":
+        # Requests use their own asyncpg pool; this engine only serves maintenance,
+        # where a liveness check per checkout is cheap insurance after outages.
+        kwargs["pool_pre_ping"] = True
+    connect_args = effective_connect_args(url, options)
+    kwargs.update(options)
+    if connect_args:
+        kwargs["connect_args"] = connect_args
+    engine = create_async_engine(url, **kwargs)
+    if backend == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    configure_sqlite(dbapi_connection, SQLITE_BUSY_TIMEOUT_MS)
+
+
+class Connections:
+    """Hands out connections of ``engine``: this process's one connection on SQLite
+    (behind a lock, opened after the file is in WAL mode), a pooled one elsewhere."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._single_connection = engine.dialect.name == "sqlite"
+        self._connection: AsyncConnection | None = None
+        self._connection_loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Await ``work(connection)`` and give the connection back."""
+        if not self._single_connection:
+            async with self.engine.connect() as connection:
+                return await work(connection)
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._connection_loop is not loop:
+            # First use, or the app moved to a new event loop (e.g. one per test):
+            # connections and locks cannot cross loops.
+            self._lock = asyncio.Lock()
+            self._connection = None
+            self._connection_loop = loop
+        async with self._lock:
+            if self._connection is None:
+                await self._prepare_sqlite_file()
+                self._connection = await self.engine.connect()
+            try:
+                return await work(self._connection)
+            except DBAPIError as error:
+                if error.connection_invalidated:
+                    await self._drop_connection()
+                raise
+
+    async def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                await connection.close()
+            except SQLAlchemyError:
+                pass  # it is already broken; the next statement opens a new one
+
+    async def _prepare_sqlite_file(self) -> None:
+        # The file exactly as the engine opens it: a "file:" URI keeps its options
+        # (mode=memory, ...), which a bare "file:x" would turn into a file named x.
+        [database], options = self.engine.dialect.create_connect_args(self.engine.url)
+        if database == ":memory:":
+            return
+        is_uri = bool(options.get("uri"))
+        await asyncio.get_running_loop().run_in_executor(
+            None, prepare_sqlite_file, database, is_uri
+        )
+
+    async def close(self) -> None:
+        """Close the connections (new ones are opened if used again)."""
+        if self._lock is not None and self._connection_loop is asyncio.get_running_loop():
+            async with self._lock:
+                await self._drop_connection()
+        self._connection = None
+        await self.engine.dispose()

@@ -1,0 +1,145 @@
+"""An in-memory store: the reference implementation of the store contract.
+
+For the save protocol's own tests and for apps' tests that need no database
+(``Session.store_class = MemoryStore``). Rows live in this process only: not for serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from .base import StoredSession, StoreStats
+
+if TYPE_CHECKING:
+    from ..config import SessionConfig
+
+
+class MemoryStore:
+    """Session rows in a dict. Every method is atomic (nothing in it awaits)."""
+
+    writes_inline = True
+    backend = "memory"
+
+    def __init__(self, table: str = "quart_sessions") -> None:
+        self.table_name = table
+        self.rows: dict[str, StoredSession] = {}
+        self._locks: set[str] = set()
+        #: Called with each per-request operation's name before it runs, as
+        #: :class:`~quartsess.stores.sql.SqlStore` does: for tests that count or
+        #: interleave statements.
+        self.statement_listeners: list[Callable[[str], None]] = []
+
+    @classmethod
+    def from_config(cls, config: SessionConfig) -> MemoryStore:
+        return cls(config.table)
+
+    def _before(self, name: str) -> None:
+        for listener in self.statement_listeners:
+            listener(name)
+
+    async def prepare(self, *, create_table: bool) -> None:
+        return None
+
+    async def load(self, id_hash: str) -> StoredSession | None:
+        self._before("load")
+        return self.rows.get(id_hash)
+
+    async def insert(self, row: StoredSession) -> None:
+        self._before("insert")
+        if row.id_hash in self.rows:
+            raise ValueError("a row with this id_hash exists")  # 2**-256: a caller's bug
+        self.rows[row.id_hash] = row
+
+    async def update(
+        self,
+        id_hash: str,
+        *,
+        expected_version: int,
+        payload: bytes,
+        touched_at: int,
+        expires_at: int,
+    ) -> bool:
+        self._before("update")
+        row = self.rows.get(id_hash)
+        if row is None or row.version != expected_version:
+            return False
+        self.rows[id_hash] = replace(
+            row,
+            payload=payload,
+            version=expected_version + 1,
+            touched_at=touched_at,
+            expires_at=expires_at,
+        )
+        return True
+
+    async def touch(self, id_hash: str, *, touched_at: int, expires_at: int) -> bool:
+        self._before("touch")
+        row = self.rows.get(id_hash)
+        if row is None:
+            return False
+        self.rows[id_hash] = replace(row, touched_at=touched_at, expires_at=expires_at)
+        return True
+
+    async def delete(self, id_hash: str) -> None:
+        self._before("delete")
+        self.rows.pop(id_hash, None)
+
+    async def delete_version(self, id_hash: str, version: int) -> bool:
+        self._before("delete_version")
+        row = self.rows.get(id_hash)
+        if row is None or row.version != version:
+            return False
+        del self.rows[id_hash]
+        return True
+
+    async def close(self) -> None:
+        return None
+
+    # -- maintenance -------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"table {self.table_name!r} in this process's memory"
+
+    async def table_exists(self) -> bool:
+        return True
+
+    async def delete_expired(self, now: int, limit: int) -> int:
+        expired = sorted(
+            (row for row in self.rows.values() if row.expires_at <= now),
+            key=lambda row: row.expires_at,
+        )[:limit]
+        for row in expired:
+            del self.rows[row.id_hash]
+        return len(expired)
+
+    @asynccontextmanager
+    async def try_lock(self, name: str) -> AsyncIterator[bool]:
+        if name in self._locks:
+            yield False
+            return
+        self._locks.add(name)
+        try:
+            yield True
+        finally:
+            self._locks.discard(name)
+
+    async def stats(self, now: int) -> StoreStats:
+        sizes = [len(row.payload) for row in self.rows.values()]
+        expired = sum(1 for row in self.rows.values() if row.expires_at <= now)
+        return StoreStats(len(sizes), expired, sum(sizes), max(sizes, default=0))
+
+    async def scan(self, after: str, limit: int) -> list[tuple[str, bytes, int]]:
+        keys = sorted(key for key in self.rows if key > after)[:limit]
+        return [(key, self.rows[key].payload, self.rows[key].version) for key in keys]
+
+    async def replace_payloads(self, rows: Sequence[tuple[str, int, bytes]]) -> int:
+        done = 0
+        for id_hash, version, payload in rows:
+            row = self.rows.get(id_hash)
+            if row is not None and row.version == version:
+                self.rows[id_hash] = replace(row, payload=payload)
+                done += 1
+        return done

@@ -1,0 +1,234 @@
+"""Per-request statements on a SQLite file through the standard ``sqlite3`` module, and
+the file's set-up (WAL mode, busy timeout) shared with the maintenance engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ..errors import StoreError
+from .statements import CompiledStatement, Row
+
+logger = logging.getLogger("quartsess")
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class SqliteRunner:
+    """``sqlite3`` on the event loop thread, never waiting there for a lock.
+
+    A statement that finds the database locked by another process (``SQLITE_BUSY``) does
+    nothing and is re-run on a worker thread whose connection waits up to the busy timeout.
+    Uncontended statements take microseconds, so running them inline is cheaper than any
+    hand-off to a thread (which is what aiosqlite does for every call).
+
+    The inline connection never checkpoints the WAL itself (a checkpoint copies pages into
+    the database file and fsyncs it: milliseconds, on the loop, in whichever write crossed
+    the threshold). Every ``CHECKPOINT_EVERY`` inline writes, a passive checkpoint (never
+    waits for readers or writers) runs on the worker thread instead.
+
+    Only the URL's file path is used: query options and ``connect_args`` of the URL or
+    ``SESSION_ENGINE_OPTIONS`` apply to the SQLAlchemy engine (maintenance) alone."""
+
+    #: Inline writes between two checkpoints (a few pages each: about SQLite's own
+    #: default of 1,000 pages).
+    CHECKPOINT_EVERY = 250
+
+    def __init__(self, database: str, busy_timeout_ms: int) -> None:
+        self._database = database
+        self._busy_timeout_ms = busy_timeout_ms
+        self._inline: sqlite3.Connection | None = None
+        self._waiting: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._opening: asyncio.Lock | None = None
+        self._writes = 0  # inline writes since the last checkpoint was started
+        self._checkpointing = False
+
+    async def _connections(self) -> tuple[sqlite3.Connection, ThreadPoolExecutor]:
+        if self._inline is not None and self._thread is not None:
+            return self._inline, self._thread
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._inline is None or self._thread is None:
+                thread = ThreadPoolExecutor(1, thread_name_prefix="quartsess-sqlite")
+                loop = asyncio.get_running_loop()
+                try:
+                    inline, waiting = await loop.run_in_executor(thread, self._open_both)
+                except sqlite3.Error as error:
+                    thread.shutdown(wait=False)
+                    raise StoreError(f"cannot open the SQLite database: {error}") from error
+                self._inline, self._waiting, self._thread = inline, waiting, thread
+        return self._inline, self._thread
+
+    def _open_both(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        directory = os.path.dirname(os.path.abspath(self._database))
+        os.makedirs(directory, exist_ok=True)
+        waiting = self._open(self._busy_timeout_ms)
+        inline = self._open(0)
+        inline.execute("PRAGMA wal_autocheckpoint = 0")  # see the class docstring
+        return inline, waiting
+
+    def _open(self, busy_timeout_ms: int) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self._database, isolation_level=None, check_same_thread=False, timeout=0
+        )
+        # Switching to WAL may wait for another worker; only then the connection's own
+        # busy timeout applies.
+        configure_sqlite(connection, self._busy_timeout_ms)
+        use_wal(connection, self._busy_timeout_ms)
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        return connection
+
+    async def fetch_one(
+        self, statement: CompiledStatement, params: Mapping[str, Any]
+    ) -> Row | None:
+        result = await self._execute(statement, params, fetch=True)
+        return result if result is None or isinstance(result, tuple) else None
+
+    async def rowcount(self, statement: CompiledStatement, params: Mapping[str, Any]) -> int:
+        result = await self._execute(statement, params, fetch=False)
+        return result if isinstance(result, int) else 0
+
+    async def _execute(
+        self, statement: CompiledStatement, params: Mapping[str, Any], *, fetch: bool
+    ) -> tuple[Any, ...] | int | None:
+        inline, thread = await self._connections()
+        arguments = statement.arguments(params)
+        try:
+            result = _run_sqlite(inline, statement.sql, arguments, fetch)
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error):
+                raise StoreError(f"SQLite: {error}") from error
+        else:
+            if not fetch:
+                self._writes += 1
+                if self._writes >= self.CHECKPOINT_EVERY and not self._checkpointing:
+                    self._start_checkpoint(thread)
+            return result
+        waiting = self._waiting
+        if waiting is None:  # pragma: no cover - closed while in flight
+            raise StoreError("the SQLite store is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                thread, _run_sqlite, waiting, statement.sql, arguments, fetch
+            )
+        except sqlite3.Error as error:
+            raise StoreError(f"SQLite: {error}") from error
+
+    def _start_checkpoint(self, thread: ThreadPoolExecutor) -> None:
+        waiting = self._waiting
+        if waiting is None:  # pragma: no cover - closed while in flight
+            return
+        self._writes = 0
+        self._checkpointing = True
+        # A concurrent future: its callback runs on the thread even if this loop is gone.
+        thread.submit(_checkpoint, waiting).add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_done(self, _future: Future[None]) -> None:
+        self._checkpointing = False
+
+    async def close(self) -> None:
+        inline, waiting, thread = self._inline, self._waiting, self._thread
+        self._inline = self._waiting = self._thread = None
+        self._opening = None  # an asyncio.Lock binds to its loop; the next open may be on another
+        if inline is not None:
+            inline.close()
+        if thread is not None:
+            if waiting is not None:
+                await asyncio.get_running_loop().run_in_executor(thread, waiting.close)
+            thread.shutdown(wait=False)
+
+
+def configure_sqlite(dbapi_connection: Any, busy_timeout_ms: int) -> None:
+    """A busy timeout and ``synchronous=NORMAL`` (safe in WAL) on any DB-API connection.
+    The file itself is put in WAL mode by :func:`use_wal`, once, before this runs."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def use_wal(connection: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Put the database file in WAL mode (readers never wait for the writer), so several
+    workers can share it. Blocks: call it on a worker thread.
+
+    Switching needs an exclusive lock, and when several connections try at once on a new
+    file SQLite answers SQLITE_BUSY at once instead of calling its busy handler (it sees a
+    deadlock). The mode is stored in the file, so whoever loses finds it set on a retry.
+    """
+    deadline = time.monotonic() + max(busy_timeout_ms, 1_000) / 1_000
+    delay = 0.001
+    while True:
+        try:
+            [(mode,)] = connection.execute("PRAGMA journal_mode = WAL").fetchall()
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error) or time.monotonic() + delay > deadline:
+                raise
+        else:
+            if str(mode).lower() not in ("wal", "memory"):
+                # SQLite answers with the mode it kept when it cannot switch (no error).
+                logger.warning(
+                    "SQLite kept journal_mode=%s instead of WAL; several workers sharing "
+                    "this database will wait for each other's writes and reads",
+                    mode,
+                )
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _is_busy(error: sqlite3.Error) -> bool:
+    # Extended codes (SQLITE_BUSY_SNAPSHOT, _RECOVERY, ...) keep the primary code in
+    # their low byte, as SQLite's own retry loop checks it.
+    return (getattr(error, "sqlite_errorcode", 0) & 0xFF) in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
+
+
+def _checkpoint(connection: sqlite3.Connection) -> None:
+    """Copy what the WAL holds into the database file, without waiting for anyone."""
+    try:
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error:
+        pass  # closed, or busy: the next one catches up
+
+
+def _run_sqlite(
+    connection: sqlite3.Connection, sql: str, arguments: tuple[Any, ...], fetch: bool
+) -> tuple[Any, ...] | int | None:
+    try:
+        cursor = connection.execute(sql, arguments)
+    except sqlite3.OperationalError:
+        raise
+    except sqlite3.Error as error:
+        raise StoreError(f"SQLite: {error}") from error
+    if fetch:
+        row: tuple[Any, ...] | None = cursor.fetchone()
+        cursor.close()
+        return row
+    return cursor.rowcount
+
+
+def prepare_sqlite_file(database: str, is_uri: bool) -> None:
+    """Create the file's directory and put the file in WAL mode (blocks: run on a thread)."""
+    if not is_uri:
+        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+    try:
+        connection = sqlite3.connect(database, uri=is_uri, timeout=0, isolation_level=None)
+        try:
+            use_wal(connection, SQLITE_BUSY_TIMEOUT_MS)
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot open the SQLite database: {error}") from error
