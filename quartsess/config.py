@@ -133,11 +133,13 @@ class SessionConfig:
             raise ConfigurationError(
                 "SESSION_ENGINE_OPTIONS", "must be a dict of keyword arguments"
             )
+        db_url = _database_url(config, instance_path)
+        _check_connection_budget(db_url, options)
         create = config.get("SESSION_CREATE_TABLE", True)
         if not isinstance(create, bool):
             raise ConfigurationError("SESSION_CREATE_TABLE", "must be True or False")
         return cls(
-            db_url=_database_url(config, instance_path),
+            db_url=db_url,
             encryption_keys=tuple(keys),
             engine_options=dict(options),
             table=table,
@@ -253,6 +255,29 @@ def _database_url(config: Mapping[str, Any], instance_path: str) -> URL:
             f"(install it with: {install})",
         )
     return url
+
+
+# The pruner holds one PostgreSQL connection for its lock and deletes on another; requests
+# need at least one more (see quartsess.stores.sql).
+_MIN_POSTGRESQL_BUDGET = 3
+
+
+def _check_connection_budget(url: URL, options: Mapping[str, Any]) -> None:
+    if url.get_backend_name() != "postgresql":
+        return
+    try:
+        budget = int(options.get("pool_size", 5)) + int(options.get("max_overflow", 10))
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            "SESSION_ENGINE_OPTIONS", "pool_size and max_overflow must be whole numbers"
+        ) from None
+    if budget < _MIN_POSTGRESQL_BUDGET:
+        raise ConfigurationError(
+            "SESSION_ENGINE_OPTIONS",
+            f"pool_size + max_overflow ({budget}) is each worker's PostgreSQL connection "
+            f"budget: 2 for pruning and maintenance, the rest for requests; it must be at "
+            f"least {_MIN_POSTGRESQL_BUDGET}",
+        )
 
 
 def check_driver_installed(url: URL) -> None:

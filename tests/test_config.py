@@ -52,6 +52,22 @@ def build(tmp_path: Path, **config: Any) -> Quart:
         ({"SESSION_TABLE": "séssions"}, "SESSION_TABLE", "ASCII"),
         ({"SESSION_TABLE": "s" * 49}, "SESSION_TABLE", "48"),
         ({"SESSION_DB_URL": "postgresql+psycopg://u@h/db"}, "SESSION_DB_URL", "asyncpg"),
+        (
+            {
+                "SESSION_DB_URL": "postgresql+asyncpg://u@h/db",
+                "SESSION_ENGINE_OPTIONS": {"pool_size": 1, "max_overflow": 1},
+            },
+            "SESSION_ENGINE_OPTIONS",
+            "at least 3",
+        ),
+        (
+            {
+                "SESSION_DB_URL": "postgresql+asyncpg://u@h/db",
+                "SESSION_ENGINE_OPTIONS": {"pool_size": "five"},
+            },
+            "SESSION_ENGINE_OPTIONS",
+            "whole numbers",
+        ),
     ],
 )
 def test_bad_configuration_fails_at_start_up_naming_the_setting(

@@ -1,0 +1,195 @@
+"""The save protocol without Quart, against the in-memory store: the merge as a table, and
+interleavings of two requests of one session written out as data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from quartsess.codec import PayloadCodec
+from quartsess.keys import derive_fernet_key
+from quartsess.saving import ExpiryPolicy, Loaded, SaveResult, SessionSaver, merge_changes
+from quartsess.stores.memory import MemoryStore
+from tests.conftest import FakeClock
+
+# (base: what both loaded, ours: what this request holds, theirs: the newer row, merged)
+MERGES: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]] = [
+    ("a key only we added", {}, {"a": 1}, {}, {"a": 1}),
+    ("a key only they added", {}, {}, {"b": 2}, {"b": 2}),
+    ("each side added one", {}, {"a": 1}, {"b": 2}, {"a": 1, "b": 2}),
+    ("only they changed it", {"a": 1}, {"a": 1}, {"a": 2}, {"a": 2}),
+    ("both changed it: ours wins", {"a": 1}, {"a": 3}, {"a": 2}, {"a": 3}),
+    ("we deleted it", {"a": 1, "b": 1}, {"b": 1}, {"a": 1, "b": 2}, {"b": 2}),
+    ("they deleted it, we did not touch it", {"a": 1}, {"a": 1}, {}, {}),
+    ("they deleted it, we changed it", {"a": 1}, {"a": 5}, {}, {"a": 5}),
+    ("True replaced by 1 is a change", {"a": True}, {"a": 1}, {"a": False}, {"a": 1}),
+    ("a list replaced by a tuple is a change", {"a": [1]}, {"a": (1,)}, {"a": [2]}, {"a": (1,)}),
+    ("1 replaced by 1.0 is a change", {"a": 1}, {"a": 1.0}, {"a": 2}, {"a": 1.0}),
+    (
+        "nested change by us, new key by them",
+        {"cart": {"tea": 1}},
+        {"cart": {"tea": 2}},
+        {"cart": {"tea": 1}, "user": "ada"},
+        {"cart": {"tea": 2}, "user": "ada"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("base", "ours", "theirs", "merged"),
+    [case[1:] for case in MERGES],
+    ids=[case[0] for case in MERGES],
+)
+def test_merge_changes(
+    base: dict[str, Any], ours: dict[str, Any], theirs: dict[str, Any], merged: dict[str, Any]
+) -> None:
+    assert merge_changes(base, ours, theirs) == merged
+    assert [type(v) for v in merge_changes(base, ours, theirs).values()] == [
+        type(v) for v in merged.values()
+    ]
+
+
+def make_saver(clock: FakeClock) -> tuple[SessionSaver, MemoryStore]:
+    store = MemoryStore()
+    codec = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 16)
+    policy = ExpiryPolicy(idle_timeout=3600, absolute_timeout=None, touch_interval=60)
+    return SessionSaver(store, codec, policy, clock), store
+
+
+async def stored(saver: SessionSaver, data: dict[str, Any]) -> Loaded:
+    outcome = await saver.save(None, data)
+    assert outcome.result is SaveResult.CREATED and outcome.loaded is not None
+    return outcome.loaded
+
+
+async def content(saver: SessionSaver, store: MemoryStore) -> list[dict[str, Any]]:
+    """The content of every row, as a request would load it."""
+    return [saver.codec.open(row.id_hash, row.payload)[0] for row in store.rows.values()]
+
+
+# Two requests, A and B, loaded the same session holding ``base``; A saves first, then B.
+# Each action: a dict (the request's data at save time), "clear" (logout: empty data),
+# or ("regenerate", dict) (a login). Expected: B's result, and the rows left afterwards.
+Action = dict[str, Any] | str | tuple[str, dict[str, Any]]
+INTERLEAVINGS: list[
+    tuple[str, dict[str, Any], Action, Action, SaveResult, list[dict[str, Any]]]
+] = [
+    (
+        "keys changed by one side each both survive",
+        {"n": 0},
+        {"n": 0, "a": 1},
+        {"n": 0, "b": 1},
+        SaveResult.UPDATED,
+        [{"n": 0, "a": 1, "b": 1}],
+    ),
+    (
+        "a key both changed keeps the later save's value",
+        {"n": 0},
+        {"n": 1},
+        {"n": 1},
+        SaveResult.UPDATED,
+        [{"n": 1}],
+    ),
+    (
+        "a logout is not undone by a slower save",
+        {"user": "ada"},
+        "clear",
+        {"user": "ada", "cart": {"tea": 1}},
+        SaveResult.GONE,
+        [],
+    ),
+    (
+        "a login is not undone by a slower save under the old ID",
+        {"cart": {}},
+        ("regenerate", {"cart": {}, "user": "ada"}),
+        {"cart": {"tea": 1}},
+        SaveResult.GONE,
+        [{"cart": {}, "user": "ada"}],
+    ),
+    (
+        "a login that lost a race carries the other save's changes to the new ID",
+        {"cart": {}},
+        {"cart": {"tea": 1}},
+        ("regenerate", {"cart": {}, "user": "ada"}),
+        SaveResult.CREATED,
+        [{"cart": {"tea": 1}, "user": "ada"}],
+    ),
+    (
+        "a logout after a concurrent change still logs out",
+        {"user": "ada"},
+        {"user": "ada", "cart": {"tea": 1}},
+        "clear",
+        SaveResult.DELETED,
+        [],
+    ),
+]
+
+
+async def act(saver: SessionSaver, loaded: Loaded, action: Action) -> SaveResult:
+    if action == "clear":
+        return (await saver.save(loaded, {})).result
+    if isinstance(action, tuple):
+        _, data = action
+        return (await saver.save(loaded, data, regenerate=True)).result
+    assert isinstance(action, dict)
+    return (await saver.save(loaded, action)).result
+
+
+@pytest.mark.parametrize(
+    ("base", "first", "second", "second_result", "rows"),
+    [case[1:] for case in INTERLEAVINGS],
+    ids=[case[0] for case in INTERLEAVINGS],
+)
+async def test_two_requests_of_one_session(
+    clock: FakeClock,
+    base: dict[str, Any],
+    first: Action,
+    second: Action,
+    second_result: SaveResult,
+    rows: list[dict[str, Any]],
+) -> None:
+    saver, store = make_saver(clock)
+    loaded = await stored(saver, base)
+    clock.advance(1)
+    await act(saver, loaded, first)
+    assert await act(saver, loaded, second) is second_result
+    assert await content(saver, store) == rows
+
+
+async def test_a_read_only_request_writes_nothing_until_a_touch_is_due(clock: FakeClock) -> None:
+    saver, store = make_saver(clock)
+    loaded = await stored(saver, {"n": 1})
+    statements: list[str] = []
+    store.statement_listeners.append(statements.append)
+    assert saver.plan(loaded, {"n": 1}, modified=False, regenerate=False) is False
+    clock.advance(59)
+    assert (await saver.save(loaded, {"n": 1})).result is SaveResult.UNCHANGED
+    assert statements == []
+    clock.advance(1)
+    outcome = await saver.save(loaded, {"n": 1})
+    assert outcome.result is SaveResult.TOUCHED and statements == ["touch"]
+    assert outcome.loaded is not None
+    assert outcome.loaded.record.expires_at == int(clock()) + 3600
+
+
+async def test_an_expired_session_does_not_load(clock: FakeClock) -> None:
+    saver, _ = make_saver(clock)
+    loaded = await stored(saver, {"n": 1})
+    assert await saver.load(loaded.sid) is not None
+    clock.advance(3600)
+    assert await saver.load(loaded.sid) is None
+
+
+async def test_regenerate_keeps_the_absolute_deadline(clock: FakeClock) -> None:
+    store = MemoryStore()
+    codec = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 16)
+    policy = ExpiryPolicy(idle_timeout=3600, absolute_timeout=7200, touch_interval=60)
+    saver = SessionSaver(store, codec, policy, clock)
+    loaded = await stored(saver, {"n": 1})
+    clock.advance(5000)
+    outcome = await saver.save(loaded, {"n": 1, "user": "ada"}, regenerate=True)
+    assert outcome.loaded is not None and outcome.loaded.sid != loaded.sid
+    assert outcome.loaded.record.created_at == loaded.record.created_at
+    assert outcome.loaded.record.expires_at == loaded.record.created_at + 7200
+    assert list(store.rows) == [outcome.loaded.record.id_hash]

@@ -1,0 +1,126 @@
+"""The store contract (quartsess.stores.base), checked on every store: the in-memory
+reference and the SQL store on SQLite, PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from quartsess.stores.base import MaintainedStore, StoredSession
+from quartsess.stores.memory import MemoryStore
+from quartsess.stores.sql import SqlStore
+
+PACKAGE = Path(__file__).resolve().parent.parent / "quartsess"
+
+
+@pytest.fixture(params=["memory", "sql"])
+async def store(
+    request: pytest.FixtureRequest, db_url: str, table_name: str
+) -> AsyncIterator[MaintainedStore]:
+    made: MaintainedStore
+    if request.param == "memory":
+        made = MemoryStore(table_name)
+    else:
+        made = SqlStore(make_url(db_url), table_name, {})
+    await made.prepare(create_table=True)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+def row(id_hash: str, *, version: int = 1, expires_at: int = 100) -> StoredSession:
+    return StoredSession(id_hash, b"ciphertext " + id_hash.encode(), version, 1, 1, expires_at)
+
+
+H1, H2, H3 = ("1" * 64, "2" * 64, "3" * 64)
+
+
+async def test_rows_round_trip_and_missing_rows_are_none(store: MaintainedStore) -> None:
+    assert await store.load(H1) is None
+    await store.insert(row(H1))
+    assert await store.load(H1) == row(H1)
+
+
+async def test_update_only_at_the_expected_version_and_never_recreates(
+    store: MaintainedStore,
+) -> None:
+    await store.insert(row(H1))
+    assert not await store.update(H1, expected_version=2, payload=b"x", touched_at=5, expires_at=9)
+    assert await store.update(H1, expected_version=1, payload=b"y", touched_at=5, expires_at=9)
+    assert await store.load(H1) == StoredSession(H1, b"y", 2, 1, 5, 9)
+    await store.delete(H1)
+    assert not await store.update(H1, expected_version=2, payload=b"z", touched_at=6, expires_at=9)
+    assert not await store.touch(H1, touched_at=6, expires_at=9)
+    assert await store.load(H1) is None
+
+
+async def test_touch_ignores_the_version_and_keeps_the_payload(store: MaintainedStore) -> None:
+    await store.insert(row(H1, version=7))
+    assert await store.touch(H1, touched_at=50, expires_at=150)
+    assert await store.load(H1) == StoredSession(H1, row(H1).payload, 7, 1, 50, 150)
+
+
+async def test_delete_version_deletes_only_that_version(store: MaintainedStore) -> None:
+    await store.insert(row(H1, version=3))
+    assert not await store.delete_version(H1, 2)
+    assert await store.delete_version(H1, 3)
+    assert not await store.delete_version(H1, 3)
+    await store.delete(H1)  # deleting a missing row is no error
+
+
+async def test_delete_expired_deletes_due_rows_in_bounded_batches(
+    store: MaintainedStore,
+) -> None:
+    for id_hash, expires in ((H1, 10), (H2, 20), (H3, 30)):
+        await store.insert(row(id_hash, expires_at=expires))
+    assert await store.delete_expired(20, limit=1) == 1
+    assert await store.load(H1) is None
+    assert await store.delete_expired(20, limit=10) == 1
+    assert await store.delete_expired(20, limit=10) == 0
+    assert await store.load(H3) is not None
+    stats = await store.stats(now=30)
+    assert (stats.rows, stats.expired_rows) == (1, 1)
+    assert stats.payload_bytes == stats.largest_payload_bytes == len(row(H3).payload)
+
+
+async def test_scan_walks_in_id_order_and_replace_payloads_checks_the_version(
+    store: MaintainedStore,
+) -> None:
+    for id_hash in (H3, H1, H2):
+        await store.insert(row(id_hash))
+    first = await store.scan("", 2)
+    assert [r[0] for r in first] == [H1, H2]
+    assert [r[0] for r in await store.scan(first[-1][0], 2)] == [H3]
+    assert await store.replace_payloads([(H1, 1, b"new"), (H2, 9, b"stale")]) == 1
+    assert (await store.load(H1)) == StoredSession(H1, b"new", 1, 1, 1, 100)
+    assert (await store.load(H2)) == row(H2)
+
+
+async def test_the_table_exists_after_prepare(store: MaintainedStore) -> None:
+    assert await store.table_exists()
+    assert store.backend in ("memory", "sqlite", "postgresql", "mysql")
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." * node.level + (node.module or ""))
+    return names
+
+
+def test_stores_know_no_quart_and_the_save_protocol_knows_no_driver() -> None:
+    web = ("quart", "werkzeug", "flask")
+    for path in (PACKAGE / "stores").glob("*.py"):
+        assert not [n for n in _imports(path) if n.split(".")[0] in web], path.name
+    saving = _imports(PACKAGE / "saving.py")
+    assert not [n for n in saving if n.split(".")[0] in web]
+    assert not [n for n in saving if "runner" in n or n.endswith(("sql", "memory"))], saving
+    assert not [n for n in _imports(PACKAGE / "session.py") if "stores" in n]
