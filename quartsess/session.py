@@ -21,8 +21,8 @@ class _State:
 
     loaded: Loaded | None
     persist: Persist | None
-    loaded_permanent: bool
     regenerate_requested: bool = False
+    cleared: bool = False
     read: bool = False
 
 
@@ -50,7 +50,7 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         self.modified = False
         self.accessed = False
         self.new = loaded is None
-        self._state = _State(loaded, persist, self._stored_permanent())
+        self._state = _State(loaded, persist)
 
     @property
     def sid(self) -> str | None:
@@ -87,21 +87,16 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
 
     @property
     def regenerate_requested(self) -> bool:
-        return self._state.regenerate_requested
+        """Whether the save must move the data to a new ID: :meth:`regenerate` was
+        called, or the session was cleared and then given new data (a new session)."""
+        state = self._state
+        return state.regenerate_requested or (state.cleared and dict.__len__(self) > 0)
 
     @property
     def read_by_app(self) -> bool:
         """Whether the app read or changed the session (so the response varies on the
         cookie). quartsess's own record: frameworks may set ``accessed`` themselves."""
         return self._state.read
-
-    @property
-    def permanence_changed(self) -> bool:
-        """Whether ``permanent`` differs from what the row holds (the cookie must follow)."""
-        return self._stored_permanent() != self._state.loaded_permanent
-
-    def _stored_permanent(self) -> bool:
-        return bool(dict.get(self, "_permanent", False))
 
     def contents(self) -> dict[str, Any]:
         """A copy of the data, without counting as a read."""
@@ -115,16 +110,19 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
             dict.clear(self)
             dict.update(self, outcome.merged)
         state.loaded = outcome.loaded
-        state.regenerate_requested = False
-        state.loaded_permanent = self._stored_permanent()
-        if outcome.loaded is not None:
-            self.new = False
+        state.regenerate_requested = state.cleared = False
 
     # -- reads mark the session accessed, so responses get ``Vary: Cookie`` ----------------
 
     def _on_read(self) -> None:
         self._state.read = True
         self.accessed = True
+
+    def clear(self) -> None:
+        """Empty the session. Saved as a logout (row and cookie deleted); new data set
+        afterwards in the same request is stored under a new ID, as after a login."""
+        self._state.cleared = True
+        super().clear()
 
     def __getitem__(self, key: str) -> Any:
         self._on_read()
