@@ -55,6 +55,7 @@ def stats_command(info: ScriptInfo) -> None:
 
     async def stats(interface: ServerSessionInterface, store: MaintainedStore) -> None:
         result = await store.stats(int(interface.clock()))
+        click.echo(f"database:              {_database(interface)}")
         click.echo(f"table:                 {interface.config.table}")
         click.echo(f"rows:                  {result.rows}")
         click.echo(f"expired rows:          {result.expired_rows}")
@@ -109,6 +110,9 @@ def rotate_keys_command(info: ScriptInfo, delete_unreadable: bool, batch_size: i
             rotated += done
             raced += len(updates) - done
         click.echo(
+            f"Rotating the sessions in table {interface.config.table!r} of {_database(interface)}."
+        )
+        click.echo(
             f"Scanned {scanned} rows: {rotated} re-encrypted with the newest key, "
             f"{current} already used it, {raced} rewritten by a request meanwhile (left as is)."
         )
@@ -126,6 +130,9 @@ def rotate_keys_command(info: ScriptInfo, delete_unreadable: bool, batch_size: i
                 f"{len(unreadable)} rows no configured key can decrypt "
                 f"(hashed ID prefixes: {listed}); {action}."
             )
+            if not delete_unreadable:
+                # Not done: an operator must not drop the old key on the strength of this run.
+                raise click.exceptions.Exit(1)
 
     _run(info, rotate)
 
@@ -138,7 +145,7 @@ def _run(info: ScriptInfo, work: Work[T]) -> T:
     turn the errors an operator can fix into a message and exit status 1."""
     extension, interface = _extension(info)
     config = interface.config
-    url = config.db_url.render_as_string(hide_password=True)
+    url = _database(interface)
     database = config.db_url.database
     if config.backend == "sqlite" and database and database != ":memory:":
         if not database.startswith("file:") and not os.path.exists(database):
@@ -161,6 +168,10 @@ def _run(info: ScriptInfo, work: Work[T]) -> T:
             await store.close()
 
     return asyncio.run(main())
+
+
+def _database(interface: ServerSessionInterface) -> str:
+    return interface.config.db_url.render_as_string(hide_password=True)
 
 
 def _extension(info: ScriptInfo) -> tuple[Session, ServerSessionInterface]:
