@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from weakref import WeakKeyDictionary
 
 from .cli import sessions_cli
@@ -16,6 +16,7 @@ from .store import STORE_ERRORS, SessionStore
 
 if TYPE_CHECKING:
     from quart import Quart
+    from werkzeug.local import LocalProxy
 
 logger = logging.getLogger("quartsess")
 
@@ -91,7 +92,8 @@ class Session:
             from quart import current_app, has_app_context
 
             if has_app_context():
-                app = current_app._get_current_object()  # type: ignore[attr-defined]
+                # Typed as a Quart (0.22) or a proxy of one (0.23): cast to what it is.
+                app = cast("LocalProxy[Quart]", current_app)._get_current_object()
             elif len(self._interfaces) == 1:
                 app = next(iter(self._interfaces))
             else:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from quart.sessions import SessionInterface, SessionMixin
 from quart.wrappers import BaseRequestWebsocket, Response
@@ -23,6 +23,7 @@ from .store import STORE_ERRORS, SessionStore, StoredSession
 
 if TYPE_CHECKING:
     from quart import Quart
+    from werkzeug.local import LocalProxy
 
 logger = logging.getLogger("quartsess")
 
@@ -153,7 +154,7 @@ class ServerSessionInterface(SessionInterface):
         still stored, but no cookie can be sent."""
         if not isinstance(session, ServerSession) or isinstance(session, UnavailableSession):
             return
-        if response is not None and session.accessed:
+        if response is not None and session._read:
             _vary_on_cookie(response)
         plaintext = self._plaintext_to_save(session)
         if plaintext is False:
@@ -219,8 +220,10 @@ class ServerSessionInterface(SessionInterface):
             )
         from quart import current_app
 
+        # Typed as a Quart (0.22) or a proxy of one (0.23): cast to what it is.
+        app = cast("LocalProxy[Quart]", current_app)._get_current_object()
         try:
-            await self._save(current_app._get_current_object(), session, None)  # type: ignore[attr-defined]
+            await self._save(app, session, None)
         except _SAVE_FAILURES as error:
             _log_save_failure(error)
             raise SessionStoreUnavailable() from error

@@ -35,6 +35,9 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         super().__init__(initial, on_update)
         self.modified = False
         self.accessed = False
+        # Our own record of reads: frameworks set `accessed` too (Quart 0.23 whenever its
+        # context hands the session out), so only this one decides `Vary: Cookie`.
+        self._read = False
         self.new = record is None
         self._sid = sid
         self._record = record
@@ -70,6 +73,7 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
 
     def _on_read(self) -> None:
         self.accessed = True
+        self._read = True
 
     # Reads mark the session accessed, so responses get ``Vary: Cookie``.
     def __getitem__(self, key: str) -> Any:
