@@ -22,24 +22,37 @@ class TcpProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()  # no new connections
+        # Since Python 3.12 wait_closed() waits for every connection of the server, so
+        # they are aborted first; the wait stays bounded all the same.
         for writer in list(self._writers):
             writer.transport.abort()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        async with asyncio.timeout(5):  # within ThreadedProxy's 10 s
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if server is not None:
+                await server.wait_closed()
         self._writers.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server = self._server
+        self._writers.add(writer)  # stop() aborts it even while upstream is connecting
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.transport.abort()
+            self._writers.discard(writer)
             return
-        self._writers.update((writer, upstream_writer))
+        if self._server is not server or writer.transport.is_closing():
+            # Stopped while connecting: this connection is part of the outage too.
+            upstream_writer.transport.abort()
+            writer.transport.abort()
+            self._writers.discard(writer)
+            return
+        self._writers.add(upstream_writer)
         for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
             task = asyncio.ensure_future(self._pipe(source, sink))
             self._tasks.add(task)

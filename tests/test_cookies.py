@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from quart import Quart
+from quart import Quart, Response, session
 
 from quartsess import ServerSessionInterface, Session
 from tests.conftest import AppFactory, FakeClock
@@ -42,6 +42,26 @@ async def test_a_page_that_ignores_the_session_gets_no_vary_and_no_cookie(
         response = await client.get("/static-page")
     assert "Vary" not in response.headers
     assert session_cookie(response) is None
+
+
+async def test_vary_follows_the_sessions_own_reads_not_the_frameworks_accessed_flag(
+    make_app: AppFactory,
+) -> None:
+    # Quart 0.23 sets `accessed` whenever its context hands out the session, also before
+    # saving; this does the same on any Quart version.
+    app = add_routes(make_app())
+
+    @app.after_request
+    async def mark_accessed(response: Response) -> Response:
+        session._get_current_object().accessed = True  # type: ignore[attr-defined, unused-ignore]
+        return response
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await client.get("/visits")
+        response = await client.get("/static-page")
+        assert "Vary" not in response.headers
+        assert (await client.get("/visits")).headers["Vary"] == "Cookie"
 
 
 async def test_configured_cookie_settings_are_used(make_app: AppFactory) -> None:

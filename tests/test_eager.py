@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
@@ -163,3 +164,34 @@ async def test_a_cancellation_after_the_awaited_future_is_done_is_not_dropped() 
     await finished(task)
     assert task.cancelled()
     assert seen == ["cancelled"]
+
+
+@pytest.mark.xfail(
+    sys.version_info < (3, 12),
+    strict=True,
+    reason="3.11's helper runs the first steps on the caller's task, where a time-out binds",
+)
+async def test_a_time_out_entered_before_the_first_wait_cancels_the_write_not_the_caller() -> None:
+    loop = asyncio.get_running_loop()
+    never: asyncio.Future[None] = loop.create_future()
+
+    async def write() -> None:
+        async with asyncio.timeout(0):  # expires on the next turn of the loop
+            await never
+
+    task = start_eagerly(write())
+    assert task is not None
+    caller_cancelled = False
+    try:
+        await finished(task)
+    except asyncio.CancelledError:
+        caller_cancelled = True
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+        outcome = None if task.cancelled() else task.exception()
+    assert not caller_cancelled, "the time-out cancelled the caller instead of the write"
+    assert isinstance(outcome, TimeoutError)
+    assert never.cancelled()

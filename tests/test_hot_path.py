@@ -173,10 +173,12 @@ async def test_closing_the_pool_fails_waiting_requests_at_once_and_keeps_no_conn
     waiting = asyncio.ensure_future(runner.fetch_one(sleep, {"s": 0}))
     async with asyncio.timeout(10):
         for _ in range(1000):  # bounded: until both connections are busy and one waits
-            if runner._waiters:
+            # Both open, not only their slots taken: one still connecting would fail too.
+            if runner._waiters and len(runner._members) == 2:
                 break
             await asyncio.sleep(0.01)
         assert runner._waiters
+        assert len(runner._members) == 2
         await runner.close()
         with pytest.raises(StoreError, match="closed"):
             await waiting  # at once, not after the 2 s acquire time-out

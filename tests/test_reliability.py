@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import require_server
 from tests.reliability import (
     mixed_load,
@@ -16,6 +18,10 @@ from tests.reliability import (
 )
 
 SECONDS = 10.0
+
+# Each scenario runs real workers under load for 6-12 s (~13 s in all on an idle
+# machine): more than the suite's default bound, still a bound.
+pytestmark = pytest.mark.timeout(180)
 
 
 def assert_nothing_lost(outcome: object) -> None:
