@@ -18,7 +18,7 @@ from quartsess.errors import SessionStoreUnavailable
 from . import auth, cart, views
 from .auth import current_user
 from .cart import cart_count, money
-from .csrf import check_csrf, csrf_token
+from .csrf import check_csrf, csrf_token, set_csrf_cookie
 from .secret import load_secret_key
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -51,6 +51,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
         SESSION_COOKIE_NAME="quartsess_demo",
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=os.environ.get("QUARTSESS_COOKIE_SECURE", "").lower() in TRUE_WORDS,
+        CSRF_COOKIE_NAME="quartsess_demo_csrf",
     )
     for variable, setting in (
         ("QUARTSESS_DB_URL", "SESSION_DB_URL"),
@@ -67,6 +68,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(auth.bp)
     app.register_blueprint(cart.bp)
     app.before_request(check_csrf)
+    app.after_request(set_csrf_cookie)
     app.after_request(_security_headers)
     app.register_error_handler(HTTPException, _http_error)
     app.jinja_env.globals.update(csrf_token=csrf_token, current_user=current_user)

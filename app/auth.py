@@ -79,7 +79,8 @@ def login_required(
     @wraps(view)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | ResponseReturnValue:
         if current_user() is None:
-            await flash("Please log in to see that page.", "info")
+            # No flash: it would store a session for a visitor who only looked. The
+            # login page says "please log in" itself when it has somewhere to go back to.
             return redirect(url_for("auth.login", next=request.path))
         return await view(*args, **kwargs)
 
@@ -109,10 +110,12 @@ async def login() -> ResponseReturnValue:
     """The login form, with the demo credentials."""
     if current_user() is not None:
         return redirect(url_for("main.dashboard"))
+    target = request.args.get("next", "")
     return await render_template(
         "login.html",
         users=list(USERS.values()),
-        next=request.args.get("next", ""),
+        next=target,
+        sent_here=bool(target) and safe_next(target) == target,
         username="",
         error=None,
     )

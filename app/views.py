@@ -67,7 +67,7 @@ async def visits_socket() -> ResponseReturnValue | None:
     if message.get("action") not in {"visit", "read"}:
         await websocket.send_json({"error": "unknown action"})
     elif not is_valid_token(message.get("csrf_token")):
-        # Also means "no stored session": the token comes from a page that stored it.
+        # The token needs the browser's CSRF cookie, which the handshake brings along.
         await websocket.send_json({"error": "missing or wrong csrf_token"})
     elif message["action"] == "visit":
         await websocket.send_json({"visits": count_visit()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from app import create_app
 
 SECRET = "test-secret-key-for-the-sample-app"
 COOKIE = "quartsess_demo"
+CSRF_COOKIE = "quartsess_demo_csrf"
 TOKEN_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 TOKEN_META = re.compile(r'name="csrf-token" content="([^"]+)"')
 
@@ -58,6 +60,14 @@ async def client(tmp_path: Path) -> AsyncIterator[QuartClient]:
         yield new_client(test_app)
 
 
+def stored_row_count(tmp_path: Path) -> int:
+    """Rows in the app's sessions table (``build_app``'s SQLite file)."""
+    with sqlite3.connect(tmp_path / "sessions.sqlite3") as connection:
+        [(count,)] = connection.execute("SELECT COUNT(*) FROM quart_sessions").fetchall()
+    connection.close()
+    return int(count)
+
+
 def new_client(test_app: quart_typing.TestAppProtocol) -> QuartClient:
     client = test_app.test_client()
     assert isinstance(client, QuartClient)
@@ -78,6 +88,10 @@ def session_cookie(client: QuartClient) -> str | None:
 
 def set_cookies(response: Response) -> list[str]:
     return response.headers.getlist("Set-Cookie")
+
+
+def cookies_named(response: Response, name: str) -> list[str]:
+    return [cookie for cookie in set_cookies(response) if cookie.startswith(f"{name}=")]
 
 
 async def form_token(client: QuartClient, path: str) -> str:
@@ -132,9 +146,10 @@ async def test_login_page_shows_demo_credentials(client: QuartClient) -> None:
 
 
 async def test_login_regenerates_the_session_and_redirects(client: QuartClient) -> None:
+    await client.get("/visits")  # a session stored before login
     token = await form_token(client, "/login")
     before = session_cookie(client)
-    assert before is not None  # the form's CSRF token lives in a stored session
+    assert before is not None
     response = await client.post(
         "/login", form={"username": "alice", "password": "wonderland", "csrf_token": token}
     )
@@ -152,7 +167,7 @@ async def test_login_regenerates_the_session_and_redirects(client: QuartClient) 
 
 
 async def test_old_session_id_is_dead_after_login(client: QuartClient) -> None:
-    await form_token(client, "/login")
+    await client.get("/visits")
     before = session_cookie(client)
     assert before is not None
     await log_in(client)
@@ -221,6 +236,96 @@ async def test_csrf_token_changes_at_login(client: QuartClient) -> None:
     await log_in(client)
     after = await form_token(client, "/cart/")
     assert after != before
+
+
+# -- viewing a page stores nothing; CSRF without a stored session ----------------------
+
+PAGES = (
+    "/",
+    "/?logged_out=1",
+    "/login",
+    "/login?next=/cart/",
+    "/login?next=/%0Bevil",
+    "/cart/",
+    "/dashboard",
+    "/nowhere",
+    "/logout",
+    "/static/style.css",
+)
+
+
+async def test_page_views_store_no_session_only_the_visit_counter_does(tmp_path: Path) -> None:
+    app = build_app(tmp_path)
+    async with app.test_app() as test_app:
+        for _ in range(20):
+            for path in PAGES:
+                client = new_client(test_app)  # a new visitor each time, without cookies
+                response = await client.get(path)
+                assert response.status_code in {200, 302, 404, 405}, path
+                assert cookies_named(response, COOKIE) == [], path
+        assert stored_row_count(tmp_path) == 0
+
+        response = await new_client(test_app).get("/visits")
+        assert len(cookies_named(response, COOKIE)) == 1
+    assert stored_row_count(tmp_path) == 1
+
+
+async def test_login_works_on_a_first_visit_without_a_stored_session(
+    tmp_path: Path,
+) -> None:
+    app = build_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = new_client(test_app)
+        token = await form_token(client, "/login")
+        assert session_cookie(client) is None
+        assert stored_row_count(tmp_path) == 0
+        response = await client.post(
+            "/login", form={"username": "alice", "password": "wonderland", "csrf_token": token}
+        )
+        assert response.status_code == 302
+        assert (await client.get("/dashboard")).status_code == 200
+    assert stored_row_count(tmp_path) == 1
+
+
+async def test_csrf_cookie_is_http_only_and_set_once(client: QuartClient) -> None:
+    first = await client.get("/login")
+    [cookie] = cookies_named(first, CSRF_COOKIE)
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+    assert first.headers["Cache-Control"] == "no-store"
+    second = await client.get("/cart/")
+    assert set_cookies(second) == []  # the browser's nonce is kept
+
+
+async def test_csrf_token_of_another_browser_is_refused(tmp_path: Path) -> None:
+    app = build_app(tmp_path)
+    async with app.test_app() as test_app:
+        attacker, victim = new_client(test_app), new_client(test_app)
+        token = await form_token(attacker, "/login")
+        await form_token(victim, "/login")
+        response = await victim.post(
+            "/login", form={"username": "alice", "password": "wonderland", "csrf_token": token}
+        )
+        assert response.status_code == 400
+        assert session_cookie(victim) is None
+
+
+async def test_csrf_token_needs_its_cookie(client: QuartClient) -> None:
+    token = await form_token(client, "/login")
+    client.delete_cookie("localhost", CSRF_COOKIE)
+    response = await client.post(
+        "/login", form={"username": "alice", "password": "wonderland", "csrf_token": token}
+    )
+    assert response.status_code == 400
+
+
+async def test_csrf_nonce_is_not_accepted_as_its_own_token(client: QuartClient) -> None:
+    await form_token(client, "/login")
+    assert client.cookie_jar is not None
+    [nonce] = [cookie.value for cookie in client.cookie_jar if cookie.name == CSRF_COOKIE]
+    response = await client.post(
+        "/login", form={"username": "alice", "password": "wonderland", "csrf_token": nonce}
+    )
+    assert response.status_code == 400
 
 
 async def test_dashboard_redirects_logged_out_visitors_to_login(client: QuartClient) -> None:
@@ -311,8 +416,7 @@ async def test_visits_survive_login(client: QuartClient) -> None:
 
 async def test_session_cookie_flags(client: QuartClient) -> None:
     response = await client.get("/visits")
-    [cookie] = set_cookies(response)
-    assert cookie.startswith(f"{COOKIE}=")
+    [cookie] = cookies_named(response, COOKIE)
     assert "HttpOnly" in cookie
     assert "SameSite=Lax" in cookie
     assert "Secure" not in cookie  # plain http on loopback unless QUARTSESS_COOKIE_SECURE=1
@@ -326,8 +430,9 @@ async def test_secure_cookie_from_environment(
     app = build_app(tmp_path)
     async with app.test_app() as test_app:
         response = await new_client(test_app).get("/visits")
-    [cookie] = set_cookies(response)
-    assert "Secure" in cookie
+    cookies = set_cookies(response)
+    assert len(cookies) == 2  # the session's and the CSRF nonce's
+    assert all("Secure" in cookie for cookie in cookies)
 
 
 # -- cart ---------------------------------------------------------------------------------
