@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -96,13 +97,21 @@ async def authenticate(username: str, password: str) -> DemoUser | None:
 
 
 def safe_next(target: str | None) -> str:
-    """A local path to continue to after login; anything else becomes the dashboard."""
-    if target:
+    """A local path to continue to after login; anything else becomes the dashboard.
+
+    Control characters are refused: browsers drop tab, CR and LF from a Location (so
+    ``/\t/evil.example`` would lead off-site) and the server cannot send the others in a
+    header at all, which would fail the response after the login was saved."""
+    if target and not any(_is_control(character) for character in target):
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and target.startswith("/") and "\\" not in target:
             if not target.startswith("//"):
                 return target
     return url_for("main.dashboard")
+
+
+def _is_control(character: str) -> bool:
+    return unicodedata.category(character) == "Cc"
 
 
 @bp.get("/login")

@@ -346,6 +346,14 @@ async def test_dashboard_redirects_logged_out_visitors_to_login(client: QuartCli
         ("https://evil.example/", "/dashboard"),
         ("/\\evil.example", "/dashboard"),
         ("", "/dashboard"),
+        ("/\x0bcart", "/dashboard"),
+        ("/\x00", "/dashboard"),
+        ("/\x0c", "/dashboard"),
+        ("/cart/\r\nSet-Cookie: x=y", "/dashboard"),
+        ("/\n/evil.example", "/dashboard"),
+        ("/\t/evil.example", "/dashboard"),
+        ("/\x7f", "/dashboard"),
+        ("/\x85", "/dashboard"),
     ],
 )
 async def test_login_continues_only_to_local_pages(
@@ -358,6 +366,7 @@ async def test_login_continues_only_to_local_pages(
     )
     assert response.status_code == 302
     assert response.headers["Location"] == expected
+    assert (await client.get("/dashboard")).status_code == 200  # logged in, whatever next was
 
 
 async def test_login_page_sends_logged_in_users_to_dashboard(client: QuartClient) -> None:
