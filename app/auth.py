@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 from quart import (
     Blueprint,
     ResponseReturnValue,
-    flash,
     redirect,
     render_template,
     request,
@@ -25,6 +24,7 @@ from werkzeug.security import check_password_hash
 from quartsess import ServerSession
 
 from .csrf import rotate_csrf_token
+from .flashes import flash
 
 bp = Blueprint("auth", __name__)
 

@@ -507,6 +507,43 @@ async def test_cart_survives_login_and_logout_empties_it(client: QuartClient) ->
     assert "Your cart is empty." in await text_of(await client.get("/cart/"))
 
 
+async def test_no_sequence_of_requests_pushes_the_session_over_its_limit(
+    tmp_path: Path,
+) -> None:
+    """Every action that flashes, over and over, its redirect never followed (a page view
+    shows the messages and so removes them): the session stays small enough to save."""
+    app = build_app(tmp_path, SESSION_MAX_BYTES=1024)
+    async with app.test_app() as test_app:
+        client = new_client(test_app)
+        await log_in(client)
+        for _ in range(3):  # logged in already: each login flashes again
+            token = await form_token(client, "/cart/")
+            response = await client.post(
+                "/login", form={"username": "alice", "password": "wonderland", "csrf_token": token}
+            )
+            assert response.status_code == 302
+        for _ in range(30):
+            assert (await client.get("/visits")).status_code == 200
+        token = await form_token(client, "/cart/")
+        actions = (
+            ("add", {"product_id": "tea"}),
+            ("add", {"product_id": "mug", "quantity": "99"}),
+            ("add", {"product_id": "kettle", "quantity": "99"}),
+            ("add", {"product_id": "biscuits", "quantity": "99"}),
+            ("update", {"product_id": "tea", "quantity": "99"}),
+            ("remove", {"product_id": "kettle"}),
+            ("update", {"product_id": "biscuits", "quantity": "0"}),
+            ("clear", {}),
+        )
+        for _ in range(40):
+            for action, form in actions:
+                response = await client.post(f"/cart/{action}", form={"csrf_token": token, **form})
+                assert response.status_code == 302, await text_of(response)
+        body = await text_of(await client.get("/cart/"))
+        assert body.count('<p class="flash flash-') == 3  # only the newest messages
+        assert "Your cart is empty now." in body
+
+
 async def test_cart_unknown_product_is_404(client: QuartClient) -> None:
     response = await cart_post(client, "add", product_id="unicorn")
     assert response.status_code == 404
