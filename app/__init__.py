@@ -9,7 +9,7 @@ import os
 from datetime import timedelta
 from typing import Any
 
-from quart import Quart, Response, ResponseReturnValue, render_template
+from quart import Quart, Response, ResponseReturnValue, current_app, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from quartsess import Session
@@ -31,6 +31,10 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+# Only sent when served over HTTPS (QUARTSESS_COOKIE_SECURE=1): one year, subdomains too.
+HSTS = "max-age=31536000; includeSubDomains"
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     """Build the app. Settings come from, in order: defaults, the environment, ``test_config``.
 
@@ -48,10 +52,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
         SESSION_IDLE_TIMEOUT=timedelta(hours=2),
         SESSION_ABSOLUTE_TIMEOUT=timedelta(hours=12),
         PERMANENT_SESSION_LIFETIME=timedelta(hours=2),
-        SESSION_COOKIE_NAME="quartsess_demo",
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=os.environ.get("QUARTSESS_COOKIE_SECURE", "").lower() in TRUE_WORDS,
-        CSRF_COOKIE_NAME="quartsess_demo_csrf",
+    )
+    secure = os.environ.get("QUARTSESS_COOKIE_SECURE", "").lower() in TRUE_WORDS
+    # Over HTTPS the __Host- prefix makes browsers refuse the cookies unless they are
+    # Secure, for this host only (no Domain) and for Path=/: a sibling subdomain or a
+    # plain-http page cannot plant or overwrite them.
+    prefix = "__Host-" if secure else ""
+    app.config.update(
+        SESSION_COOKIE_SECURE=secure,
+        SESSION_COOKIE_NAME=f"{prefix}quartsess_demo",
+        SESSION_COOKIE_PATH="/",
+        SESSION_COOKIE_DOMAIN=None,
+        CSRF_COOKIE_NAME=f"{prefix}quartsess_demo_csrf",
     )
     for variable, setting in (
         ("QUARTSESS_DB_URL", "SESSION_DB_URL"),
@@ -81,6 +94,12 @@ async def _security_headers(response: Response) -> Response:
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.endpoint != "static":
+        # Every page shows the visitor's own state (the navigation has the cart and the
+        # user): never keep a copy, neither in a shared cache nor in the browser's history.
+        response.cache_control.no_store = True
+    if current_app.config["SESSION_COOKIE_SECURE"]:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
     return response
 
 

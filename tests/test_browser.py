@@ -211,8 +211,11 @@ async def test_secure_cookie_still_works_on_loopback_http(browser: Browser, tmp_
             await page.goto("/visits")
             await page.reload()
             await expect(page.locator("#visits")).to_have_text("2")
-            [cookie] = await context.cookies()
-            assert cookie.get("secure") is True
-            assert cookie.get("httpOnly") is True
+            cookies = await context.cookies()
+            names = {cookie.get("name") for cookie in cookies}
+            assert names == {f"__Host-{COOKIE}", f"__Host-{COOKIE}_csrf"}
+            for cookie in cookies:
+                assert cookie.get("secure") is True
+                assert cookie.get("httpOnly") is True
         finally:
             await context.close()

@@ -130,6 +130,52 @@ async def test_pages_send_security_headers(client: QuartClient) -> None:
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
+@pytest.mark.parametrize(
+    "path", ["/", "/login", "/cart/", "/dashboard", "/visits", "/nowhere", "/login?next=/cart/"]
+)
+async def test_pages_are_never_stored_by_a_cache(client: QuartClient, path: str) -> None:
+    response = await client.get(path)
+    assert response.cache_control.no_store, path
+    assert "Strict-Transport-Security" not in response.headers  # plain http here
+
+
+async def test_logged_in_pages_are_never_stored_by_a_cache(client: QuartClient) -> None:
+    await log_in(client)
+    await cart_post(client, "add", product_id="tea")
+    for path in ("/dashboard", "/cart/", "/"):
+        response = await client.get(path)
+        assert response.status_code == 200
+        assert response.cache_control.no_store, path
+
+
+async def test_static_files_may_be_cached(client: QuartClient) -> None:
+    response = await client.get("/static/style.css")
+    assert not response.cache_control.no_store
+
+
+async def test_logout_clears_site_data(client: QuartClient) -> None:
+    await log_in(client)
+    token = await form_token(client, "/dashboard")
+    response = await client.post("/logout", form={"csrf_token": token})
+    assert response.headers["Clear-Site-Data"] == '"cookies", "storage"'
+
+
+async def test_https_deployment_sends_hsts_and_host_prefixed_cookies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QUARTSESS_COOKIE_SECURE", "1")
+    app = build_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = new_client(test_app)
+        login = await client.get("/login")
+        assert login.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"
+        [csrf] = cookies_named(login, f"__Host-{CSRF_COOKIE}")
+        visits = await client.get("/visits")
+        [cookie] = cookies_named(visits, f"__Host-{COOKIE}")
+    for header in (csrf, cookie):
+        assert "Secure" in header and "Path=/" in header and "Domain" not in header
+
+
 async def test_static_css_is_served(client: QuartClient) -> None:
     response = await client.get("/static/style.css")
     assert response.status_code == 200
@@ -636,7 +682,9 @@ async def test_websocket_rejects_unknown_messages(client: QuartClient) -> None:
         assert json.loads(await socket.receive()) == {"error": "unknown action"}
 
 
-@pytest.mark.parametrize("origin", ["http://evil.example", None])
+@pytest.mark.parametrize(
+    "origin", ["http://evil.example", "https://localhost", "ws://localhost", "localhost", None]
+)
 async def test_websocket_refuses_other_origins(client: QuartClient, origin: str | None) -> None:
     await visits_token(client)
     headers = {"Origin": origin} if origin else {}
