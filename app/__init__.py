@@ -6,6 +6,7 @@ Serve it with ``hypercorn --config hypercorn.toml 'app:create_app()'``.
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +21,9 @@ from .auth import current_user
 from .cart import cart_count, money
 from .csrf import check_csrf, csrf_token, set_csrf_cookie
 from .secret import load_secret_key
+from .throttle import Limit, LoginThrottle
 
+THROTTLE_FILE = "login_throttle.sqlite3"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 # A strict policy works because the pages have no inline script or style.
@@ -77,6 +80,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
         app.config["SECRET_KEY"] = load_secret_key(app.instance_path)
 
     Session(app)
+    app.extensions["login_throttle"] = LoginThrottle(
+        app.config.get("LOGIN_THROTTLE_DB") or os.path.join(app.instance_path, THROTTLE_FILE),
+        per_account=app.config.get("LOGIN_LIMIT_PER_ACCOUNT", Limit(failures=5, window=900)),
+        per_client=app.config.get("LOGIN_LIMIT_PER_CLIENT", Limit(failures=20, window=900)),
+        clock=app.config.get("LOGIN_THROTTLE_CLOCK", time.time),
+    )
     app.register_blueprint(views.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(cart.bp)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from urllib.parse import urlsplit
 from quart import (
     Blueprint,
     ResponseReturnValue,
+    current_app,
     redirect,
     render_template,
     request,
@@ -25,8 +28,10 @@ from quartsess import ServerSession
 
 from .csrf import rotate_csrf_token
 from .flashes import flash
+from .throttle import LoginThrottle
 
 bp = Blueprint("auth", __name__)
+logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -132,16 +137,31 @@ async def login() -> ResponseReturnValue:
 
 @bp.post("/login")
 async def login_submit() -> ResponseReturnValue:
-    """Check the credentials; on success move the session to a new ID and log in."""
+    """Check the credentials; on success move the session to a new ID and log in.
+
+    Too many failed logins for the account or from the client's address are refused with
+    a 429 before the password is even checked, the right one included."""
     form = await request.form
     username = form.get("username", "").strip()
+    context = {"users": list(USERS.values()), "next": form.get("next", ""), "username": username}
+    client = request.remote_addr or ""
+    throttle = login_throttle()
+    wait = await throttle.reserve(username, client)
+    if wait is not None:
+        logger.warning(
+            "login for %r from %s refused for %d s: too many failures", username, client, wait
+        )
+        error = f"Too many failed logins. Try again in {_minutes(wait)}."
+        body = await render_template("login.html", error=error, **context)
+        return body, 429, {"Retry-After": str(wait)}
     user = await authenticate(username, form.get("password", ""))
     if user is None:
         # No flash and no other write: a failed login leaves the session as it was.
+        logger.info("failed login for %r from %s", username, client)
         error = "Unknown username or wrong password."
-        context = {"users": list(USERS.values()), "next": form.get("next", "")}
-        body = await render_template("login.html", username=username, error=error, **context)
+        body = await render_template("login.html", error=error, **context)
         return body, 200
+    await throttle.refund(username, client)
     # A new ID at login defeats session fixation. (quart.session is typed as the
     # generic SessionMixin; the object behind it is quartsess's ServerSession.)
     cast(ServerSession, session).regenerate()
@@ -149,6 +169,17 @@ async def login_submit() -> ResponseReturnValue:
     session["user"] = user.username
     await flash(f"Welcome, {user.display_name}!", "success")
     return redirect(safe_next(form.get("next")))
+
+
+def login_throttle() -> LoginThrottle:
+    """The app's shared failed-login counters."""
+    throttle: LoginThrottle = current_app.extensions["login_throttle"]
+    return throttle
+
+
+def _minutes(seconds: int) -> str:
+    minutes = math.ceil(seconds / 60)
+    return "1 minute" if minutes == 1 else f"{minutes} minutes"
 
 
 @bp.post("/logout")

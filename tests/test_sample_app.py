@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,7 +18,10 @@ from quart import typing as quart_typing
 from quart.testing import QuartClient, WebsocketResponseError
 from quart.wrappers import Response
 
+from app import auth as app_auth
 from app import create_app
+from app.throttle import Limit, client_network
+from tests.conftest import FakeClock
 
 SECRET = "test-secret-key-for-the-sample-app"
 COOKIE = "quartsess_demo"
@@ -488,6 +492,135 @@ async def test_secure_cookie_from_environment(
     cookies = set_cookies(response)
     assert len(cookies) == 2  # the session's and the CSRF nonce's
     assert all("Secure" in cookie for cookie in cookies)
+
+
+# -- failed-login throttle --------------------------------------------------------------
+
+
+@pytest.fixture
+def hash_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every password hash the app checks (the real check still runs)."""
+    runs: list[str] = []
+    real = app_auth.check_password_hash
+
+    def counting(stored: str, password: str) -> bool:
+        runs.append(password)
+        return real(stored, password)
+
+    monkeypatch.setattr(app_auth, "check_password_hash", counting)
+    return runs
+
+
+def throttled_app(tmp_path: Path, clock: FakeClock, *, account: int, client: int) -> Quart:
+    return build_app(
+        tmp_path,
+        LOGIN_LIMIT_PER_ACCOUNT=Limit(failures=account, window=60),
+        LOGIN_LIMIT_PER_CLIENT=Limit(failures=client, window=60),
+        LOGIN_THROTTLE_CLOCK=clock,
+    )
+
+
+async def attempt(client: QuartClient, username: str, password: str) -> Response:
+    token = await form_token(client, "/login")
+    return await client.post(
+        "/login", form={"username": username, "password": password, "csrf_token": token}
+    )
+
+
+async def test_failed_logins_per_account_are_limited(
+    tmp_path: Path, clock: FakeClock, hash_runs: list[str]
+) -> None:
+    app = throttled_app(tmp_path, clock, account=3, client=100)
+    async with app.test_app() as test_app:
+        client = new_client(test_app)
+        for guess in ("one", "two", "three"):
+            assert (await attempt(client, "alice", guess)).status_code == 200
+        assert hash_runs == ["one", "two", "three"]
+
+        clock.advance(20)
+        refused = await attempt(client, "alice", "four")
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "40"
+        assert "Too many failed logins. Try again in 1 minute." in await text_of(refused)
+        right = await attempt(client, "ALICE", "wonderland")  # usernames: any case
+        assert right.status_code == 429  # the right password is refused too
+        assert hash_runs == ["one", "two", "three"]  # no hash ran for refused attempts
+        assert (await client.get("/dashboard")).status_code == 302
+        other = await attempt(new_client(test_app), "bob", "builder")
+        assert other.status_code == 302  # another account is not held back
+
+        clock.advance(41)  # the window is over
+        assert (await attempt(client, "alice", "wonderland")).status_code == 302
+        assert (await client.get("/dashboard")).status_code == 200
+
+
+async def test_failed_logins_per_client_address_are_limited(
+    tmp_path: Path, clock: FakeClock, hash_runs: list[str]
+) -> None:
+    app = throttled_app(tmp_path, clock, account=100, client=3)
+    async with app.test_app() as test_app:
+        client = new_client(test_app)
+        for name in ("mallory", "trudy", "eve"):  # one guess each, from one address
+            assert (await attempt(client, name, "guess")).status_code == 200
+        refused = await attempt(client, "alice", "wonderland")
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "60"
+        assert len(hash_runs) == 3
+
+
+async def test_a_successful_login_does_not_count(tmp_path: Path, clock: FakeClock) -> None:
+    app = throttled_app(tmp_path, clock, account=3, client=3)
+    async with app.test_app() as test_app:
+        for _ in range(5):
+            response = await attempt(new_client(test_app), "alice", "wonderland")
+            assert response.status_code == 302
+        client = new_client(test_app)
+        statuses = [(await attempt(client, "alice", "nope")).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+
+
+async def test_parallel_guesses_run_no_more_hashes_than_the_limit(
+    tmp_path: Path, clock: FakeClock, hash_runs: list[str]
+) -> None:
+    app = throttled_app(tmp_path, clock, account=5, client=100)
+    async with app.test_app() as test_app:
+        guessers = [new_client(test_app) for _ in range(12)]
+        tokens = [await form_token(guesser, "/login") for guesser in guessers]
+        responses = await asyncio.gather(
+            *(
+                guesser.post(
+                    "/login",
+                    form={"username": "alice", "password": f"guess{n}", "csrf_token": token},
+                )
+                for n, (guesser, token) in enumerate(zip(guessers, tokens, strict=True))
+            )
+        )
+    assert sorted(response.status_code for response in responses) == [200] * 5 + [429] * 7
+    assert len(hash_runs) == 5
+
+
+async def test_the_limit_holds_across_workers(tmp_path: Path, clock: FakeClock) -> None:
+    """Two apps on one instance folder, as hypercorn's workers are: one counter."""
+    first = throttled_app(tmp_path, clock, account=2, client=100)
+    second = throttled_app(tmp_path, clock, account=2, client=100)
+    async with first.test_app() as one, second.test_app() as other:
+        assert (await attempt(new_client(one), "bob", "a")).status_code == 200
+        assert (await attempt(new_client(other), "bob", "b")).status_code == 200
+        assert (await attempt(new_client(one), "bob", "builder")).status_code == 429
+        assert (await attempt(new_client(other), "bob", "builder")).status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("address", "network"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("<local>", "<local>"),
+    ],
+)
+def test_clients_are_told_apart_by_address_or_ipv6_network(address: str, network: str) -> None:
+    assert client_network(address) == network
 
 
 # -- cart ---------------------------------------------------------------------------------
