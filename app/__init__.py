@@ -20,6 +20,7 @@ from . import auth, cart, views
 from .auth import current_user
 from .cart import cart_count, money
 from .csrf import check_csrf, csrf_token, set_csrf_cookie
+from .logs import configure_logging
 from .secret import load_secret_key
 from .throttle import Limit, LoginThrottle
 
@@ -46,6 +47,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     ``QUARTSESS_TABLE`` (else ``quart_sessions``), ``QUARTSESS_COOKIE_SECURE`` (``1`` when
     served over HTTPS), ``QUARTSESS_INSTANCE_PATH`` (else ``instance/`` next to ``app/``).
     """
+    configure_logging()  # first: the start-up warnings below are log lines too
     test_config = dict(test_config or {})
     instance_path = test_config.pop("INSTANCE_PATH", None) or os.environ.get(
         "QUARTSESS_INSTANCE_PATH"

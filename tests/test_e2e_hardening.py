@@ -1,6 +1,6 @@
 """The sample app's defences in a real hypercorn (hypercorn.toml, two workers, SQLite in a
-temporary instance folder): the login throttle shared by the workers, redirects with
-and redirects with control characters."""
+temporary instance folder): the login throttle shared by the workers,
+redirects with control characters, and the log lines a person reads."""
 
 from __future__ import annotations
 
@@ -91,3 +91,32 @@ async def test_control_characters_in_next_lead_to_the_dashboard(
         assert response.status_code == 302
         assert response.headers["location"] == "/dashboard"
         assert (await client.get("/dashboard")).status_code == 200
+
+
+# Hypercorn's own lines and, through hypercorn.toml's logconfig_dict, the app's and
+# quartsess's: "[2026-12-01 19:30:00 +0000] [1234] [INFO] quartsess: ..."
+LOG_LINE = (
+    r"^\[\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{{4}}\] \[(\d+)\] \[{level}\] {logger}: {message}"
+)
+
+
+async def test_logs_have_time_level_logger_and_worker_pid(server: Server) -> None:
+    async with new_client(server) as client:
+        client.cookies.set("quartsess_demo", "not-a-session-id", domain="127.0.0.1")
+        assert (await client.get("/")).status_code == 200
+        assert (await login(client, "mallory", "guess")).status_code == 200
+    wait_for_log(
+        server,
+        LOG_LINE.format(
+            level="INFO", logger="quartsess", message="a malformed session cookie was ignored"
+        ),
+    )
+    output = wait_for_log(
+        server,
+        LOG_LINE.format(level="INFO", logger="app.auth", message="failed login for 'mallory'"),
+    )
+    ours = LOG_LINE.format(level=r"\w+", logger=r"(?:app|quartsess)[\w.]*", message="")
+    pids = {int(pid) for pid in re.findall(ours, output, re.MULTILINE)}
+    assert pids and pids <= set(server.worker_pids()), output
+    # Nothing of ours went through Python's last-resort handler (a bare message).
+    assert "\nSESSION_COOKIE_SECURE is False" not in output

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from quart.wrappers import Response
 
 from app import auth as app_auth
 from app import create_app
+from app.logs import configure_logging
 from app.throttle import Limit, client_network
 from tests.conftest import FakeClock
 
@@ -829,6 +833,55 @@ async def test_websocket_refuses_other_origins(client: QuartClient, origin: str 
 
 
 # -- set-up -------------------------------------------------------------------------------
+
+STARTUP_SCRIPT = """
+import logging, sys
+if sys.argv[1] == "host":
+    logging.basicConfig(format="HOST %(name)s %(message)s")
+from app import create_app
+from app.logs import configure_logging
+create_app({"SECRET_KEY": "k" * 40, "INSTANCE_PATH": sys.argv[2], "SESSION_IDEL_TIMEOUT": 5})
+"""
+OUR_LINE = re.compile(
+    r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[(\d+)\] \[WARNING\] quartsess: "
+    r"SESSION_IDEL_TIMEOUT is not a setting quartsess or Quart knows",
+    re.MULTILINE,
+)
+
+
+def start_up(tmp_path: Path, mode: str) -> str:
+    """Build the app in a fresh interpreter; its stderr."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QUARTSESS_")}
+    result = subprocess.run(  # noqa: S603 - fixed arguments
+        [sys.executable, "-c", STARTUP_SCRIPT, mode, str(tmp_path / "instance")],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stderr
+
+
+def test_logging_is_set_up_when_nobody_else_did(tmp_path: Path) -> None:
+    stderr = start_up(tmp_path, "plain")
+    [pid] = OUR_LINE.findall(stderr)
+    assert int(pid) > 0
+
+
+def test_logging_set_up_by_the_host_is_left_alone(tmp_path: Path) -> None:
+    stderr = start_up(tmp_path, "host")
+    assert OUR_LINE.search(stderr) is None
+    assert stderr.count("HOST quartsess SESSION_IDEL_TIMEOUT is not a setting") == 1
+
+
+def test_logging_is_left_alone_under_pytest(caplog: pytest.LogCaptureFixture) -> None:
+    configure_logging()  # pytest's capture handlers are on the root logger
+    assert logging.getLogger("quartsess").handlers == []
+    logging.getLogger("quartsess").warning("still captured")
+    assert "still captured" in caplog.text
+
 
 
 async def test_secret_key_is_generated_once_into_the_instance_folder(
