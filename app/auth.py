@@ -67,6 +67,7 @@ USERS: dict[str, DemoUser] = {
         ),
     )
 }
+LOGGED_NAME_LENGTH = 64  # a username in the log is cut to this many characters
 # Checked for unknown usernames too, so a wrong name costs as long as a wrong password.
 _DUMMY_HASH = USERS["alice"].password_hash
 
@@ -145,11 +146,12 @@ async def login_submit() -> ResponseReturnValue:
     username = form.get("username", "").strip()
     context = {"users": list(USERS.values()), "next": form.get("next", ""), "username": username}
     client = request.remote_addr or ""
+    shown = username[:LOGGED_NAME_LENGTH]  # %r below also escapes control characters
     throttle = login_throttle()
     wait = await throttle.reserve(username, client)
     if wait is not None:
         logger.warning(
-            "login for %r from %s refused for %d s: too many failures", username, client, wait
+            "login for %r from %s refused for %d s: too many failures", shown, client, wait
         )
         error = f"Too many failed logins. Try again in {_minutes(wait)}."
         body = await render_template("login.html", error=error, **context)
@@ -157,7 +159,7 @@ async def login_submit() -> ResponseReturnValue:
     user = await authenticate(username, form.get("password", ""))
     if user is None:
         # No flash and no other write: a failed login leaves the session as it was.
-        logger.info("failed login for %r from %s", username, client)
+        logger.info("failed login for %r from %s", shown, client)
         error = "Unknown username or wrong password."
         body = await render_template("login.html", error=error, **context)
         return body, 200

@@ -614,6 +614,19 @@ async def test_the_limit_holds_across_workers(tmp_path: Path, clock: FakeClock) 
         assert (await attempt(new_client(other), "bob", "builder")).status_code == 429
 
 
+async def test_failed_logins_are_logged_without_forged_lines(
+    client: QuartClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app")
+    forged = "mallory\n[2026-01-01 00:00:00 +0000] [1] [INFO] app.auth: login ok" + "x" * 500
+    await attempt(client, forged, "guess")
+    [record] = [r for r in caplog.records if r.name == "app.auth"]
+    message = record.getMessage()
+    assert record.levelname == "INFO" and message.startswith("failed login for 'mallory\\n")
+    assert "\n" not in message and len(message) < 120
+    assert "guess" not in message  # never the password
+
+
 @pytest.mark.parametrize(
     ("address", "network"),
     [
