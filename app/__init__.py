@@ -6,10 +6,11 @@ Serve it with ``hypercorn --config hypercorn.toml 'app:create_app()'``.
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
-from quart import Quart, Response, ResponseReturnValue, render_template
+from quart import Quart, Response, ResponseReturnValue, current_app, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from quartsess import Session
@@ -18,9 +19,12 @@ from quartsess.errors import SessionStoreUnavailable
 from . import auth, cart, views
 from .auth import current_user
 from .cart import cart_count, money
-from .csrf import check_csrf, csrf_token
+from .csrf import check_csrf, csrf_token, set_csrf_cookie
+from .logs import configure_logging
 from .secret import load_secret_key
+from .throttle import Limit, LoginThrottle
 
+THROTTLE_FILE = "login_throttle.sqlite3"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 # A strict policy works because the pages have no inline script or style.
@@ -31,6 +35,10 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+# Only sent when served over HTTPS (QUARTSESS_COOKIE_SECURE=1): one year, subdomains too.
+HSTS = "max-age=31536000; includeSubDomains"
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     """Build the app. Settings come from, in order: defaults, the environment, ``test_config``.
 
@@ -39,6 +47,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     ``QUARTSESS_TABLE`` (else ``quart_sessions``), ``QUARTSESS_COOKIE_SECURE`` (``1`` when
     served over HTTPS), ``QUARTSESS_INSTANCE_PATH`` (else ``instance/`` next to ``app/``).
     """
+    configure_logging()  # first: the start-up warnings below are log lines too
     test_config = dict(test_config or {})
     instance_path = test_config.pop("INSTANCE_PATH", None) or os.environ.get(
         "QUARTSESS_INSTANCE_PATH"
@@ -48,9 +57,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
         SESSION_IDLE_TIMEOUT=timedelta(hours=2),
         SESSION_ABSOLUTE_TIMEOUT=timedelta(hours=12),
         PERMANENT_SESSION_LIFETIME=timedelta(hours=2),
-        SESSION_COOKIE_NAME="quartsess_demo",
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=os.environ.get("QUARTSESS_COOKIE_SECURE", "").lower() in TRUE_WORDS,
+    )
+    secure = os.environ.get("QUARTSESS_COOKIE_SECURE", "").lower() in TRUE_WORDS
+    # Over HTTPS the __Host- prefix makes browsers refuse the cookies unless they are
+    # Secure, for this host only (no Domain) and for Path=/: a sibling subdomain or a
+    # plain-http page cannot plant or overwrite them.
+    prefix = "__Host-" if secure else ""
+    app.config.update(
+        SESSION_COOKIE_SECURE=secure,
+        SESSION_COOKIE_NAME=f"{prefix}quartsess_demo",
+        SESSION_COOKIE_PATH="/",
+        SESSION_COOKIE_DOMAIN=None,
+        CSRF_COOKIE_NAME=f"{prefix}quartsess_demo_csrf",
     )
     for variable, setting in (
         ("QUARTSESS_DB_URL", "SESSION_DB_URL"),
@@ -63,10 +82,17 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
         app.config["SECRET_KEY"] = load_secret_key(app.instance_path)
 
     Session(app)
+    app.extensions["login_throttle"] = LoginThrottle(
+        app.config.get("LOGIN_THROTTLE_DB") or os.path.join(app.instance_path, THROTTLE_FILE),
+        per_account=app.config.get("LOGIN_LIMIT_PER_ACCOUNT", Limit(failures=5, window=900)),
+        per_client=app.config.get("LOGIN_LIMIT_PER_CLIENT", Limit(failures=20, window=900)),
+        clock=app.config.get("LOGIN_THROTTLE_CLOCK", time.time),
+    )
     app.register_blueprint(views.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(cart.bp)
     app.before_request(check_csrf)
+    app.after_request(set_csrf_cookie)
     app.after_request(_security_headers)
     app.register_error_handler(HTTPException, _http_error)
     app.jinja_env.globals.update(csrf_token=csrf_token, current_user=current_user)
@@ -79,6 +105,12 @@ async def _security_headers(response: Response) -> Response:
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.endpoint != "static":
+        # Every page shows the visitor's own state (the navigation has the cart and the
+        # user): never keep a copy, neither in a shared cache nor in the browser's history.
+        response.cache_control.no_store = True
+    if current_app.config["SESSION_COOKIE_SECURE"]:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
     return response
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -12,7 +15,7 @@ from urllib.parse import urlsplit
 from quart import (
     Blueprint,
     ResponseReturnValue,
-    flash,
+    current_app,
     redirect,
     render_template,
     request,
@@ -24,8 +27,11 @@ from werkzeug.security import check_password_hash
 from quartsess import ServerSession
 
 from .csrf import rotate_csrf_token
+from .flashes import flash
+from .throttle import LoginThrottle
 
 bp = Blueprint("auth", __name__)
+logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,6 +67,7 @@ USERS: dict[str, DemoUser] = {
         ),
     )
 }
+LOGGED_NAME_LENGTH = 64  # a username in the log is cut to this many characters
 # Checked for unknown usernames too, so a wrong name costs as long as a wrong password.
 _DUMMY_HASH = USERS["alice"].password_hash
 
@@ -79,7 +86,8 @@ def login_required(
     @wraps(view)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | ResponseReturnValue:
         if current_user() is None:
-            await flash("Please log in to see that page.", "info")
+            # No flash: it would store a session for a visitor who only looked. The
+            # login page says "please log in" itself when it has somewhere to go back to.
             return redirect(url_for("auth.login", next=request.path))
         return await view(*args, **kwargs)
 
@@ -95,8 +103,12 @@ async def authenticate(username: str, password: str) -> DemoUser | None:
 
 
 def safe_next(target: str | None) -> str:
-    """A local path to continue to after login; anything else becomes the dashboard."""
-    if target:
+    """A local path to continue to after login; anything else becomes the dashboard.
+
+    Control characters are refused: browsers drop tab, CR and LF from a Location (so
+    ``/\t/evil.example`` would lead off-site) and the server cannot send the others in a
+    header at all, which would fail the response after the login was saved."""
+    if target and not any(_is_control(character) for character in target):
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and target.startswith("/") and "\\" not in target:
             if not target.startswith("//"):
@@ -104,15 +116,21 @@ def safe_next(target: str | None) -> str:
     return url_for("main.dashboard")
 
 
+def _is_control(character: str) -> bool:
+    return unicodedata.category(character) == "Cc"
+
+
 @bp.get("/login")
 async def login() -> ResponseReturnValue:
     """The login form, with the demo credentials."""
     if current_user() is not None:
         return redirect(url_for("main.dashboard"))
+    target = request.args.get("next", "")
     return await render_template(
         "login.html",
         users=list(USERS.values()),
-        next=request.args.get("next", ""),
+        next=target,
+        sent_here=bool(target) and safe_next(target) == target,
         username="",
         error=None,
     )
@@ -120,16 +138,32 @@ async def login() -> ResponseReturnValue:
 
 @bp.post("/login")
 async def login_submit() -> ResponseReturnValue:
-    """Check the credentials; on success move the session to a new ID and log in."""
+    """Check the credentials; on success move the session to a new ID and log in.
+
+    Too many failed logins for the account or from the client's address are refused with
+    a 429 before the password is even checked, the right one included."""
     form = await request.form
     username = form.get("username", "").strip()
+    context = {"users": list(USERS.values()), "next": form.get("next", ""), "username": username}
+    client = request.remote_addr or ""
+    shown = username[:LOGGED_NAME_LENGTH]  # %r below also escapes control characters
+    throttle = login_throttle()
+    wait = await throttle.reserve(username, client)
+    if wait is not None:
+        logger.warning(
+            "login for %r from %s refused for %d s: too many failures", shown, client, wait
+        )
+        error = f"Too many failed logins. Try again in {_minutes(wait)}."
+        body = await render_template("login.html", error=error, **context)
+        return body, 429, {"Retry-After": str(wait)}
     user = await authenticate(username, form.get("password", ""))
     if user is None:
         # No flash and no other write: a failed login leaves the session as it was.
+        logger.info("failed login for %r from %s", shown, client)
         error = "Unknown username or wrong password."
-        context = {"users": list(USERS.values()), "next": form.get("next", "")}
-        body = await render_template("login.html", username=username, error=error, **context)
+        body = await render_template("login.html", error=error, **context)
         return body, 200
+    await throttle.refund(username, client)
     # A new ID at login defeats session fixation. (quart.session is typed as the
     # generic SessionMixin; the object behind it is quartsess's ServerSession.)
     cast(ServerSession, session).regenerate()
@@ -139,8 +173,23 @@ async def login_submit() -> ResponseReturnValue:
     return redirect(safe_next(form.get("next")))
 
 
+def login_throttle() -> LoginThrottle:
+    """The app's shared failed-login counters."""
+    throttle: LoginThrottle = current_app.extensions["login_throttle"]
+    return throttle
+
+
+def _minutes(seconds: int) -> str:
+    minutes = math.ceil(seconds / 60)
+    return "1 minute" if minutes == 1 else f"{minutes} minutes"
+
+
 @bp.post("/logout")
 async def logout() -> ResponseReturnValue:
     """Delete the session server-side and its cookie."""
     session.clear()
-    return redirect(url_for("main.index", logged_out=1))
+    response = redirect(url_for("main.index", logged_out=1))
+    # Browsers that know the header also drop this site's other cookies (the CSRF nonce)
+    # and whatever scripts kept in localStorage and sessionStorage.
+    response.headers["Clear-Site-Data"] = '"cookies", "storage"'
+    return response

@@ -9,13 +9,14 @@ from quart import (
     Blueprint,
     ResponseReturnValue,
     abort,
-    flash,
     redirect,
     render_template,
     request,
     session,
     url_for,
 )
+
+from .flashes import flash
 
 bp = Blueprint("cart", __name__, url_prefix="/cart")
 

@@ -67,7 +67,7 @@ async def visits_socket() -> ResponseReturnValue | None:
     if message.get("action") not in {"visit", "read"}:
         await websocket.send_json({"error": "unknown action"})
     elif not is_valid_token(message.get("csrf_token")):
-        # Also means "no stored session": the token comes from a page that stored it.
+        # The token needs the browser's CSRF cookie, which the handshake brings along.
         await websocket.send_json({"error": "missing or wrong csrf_token"})
     elif message["action"] == "visit":
         await websocket.send_json({"visits": count_visit()})
@@ -77,9 +77,14 @@ async def visits_socket() -> ResponseReturnValue | None:
 
 
 def _same_origin() -> bool:
-    # Browsers send cookies with cross-site websocket handshakes too: check Origin.
+    # Browsers send cookies with cross-site websocket handshakes too: check Origin, the
+    # scheme included (a page on http://host is not https://host's, nor the other way).
     origin = websocket.headers.get("Origin")
-    return origin is not None and urlsplit(origin).netloc == websocket.host
+    if origin is None:
+        return False
+    parts = urlsplit(origin)
+    expected_scheme = "https" if websocket.scheme == "wss" else "http"
+    return parts.scheme == expected_scheme and parts.netloc == websocket.host
 
 
 def _parse(raw: str | bytes) -> dict[str, Any]:

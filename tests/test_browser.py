@@ -211,8 +211,68 @@ async def test_secure_cookie_still_works_on_loopback_http(browser: Browser, tmp_
             await page.goto("/visits")
             await page.reload()
             await expect(page.locator("#visits")).to_have_text("2")
-            [cookie] = await context.cookies()
-            assert cookie.get("secure") is True
-            assert cookie.get("httpOnly") is True
+            cookies = await context.cookies()
+            names = {cookie.get("name") for cookie in cookies}
+            assert names == {f"__Host-{COOKIE}", f"__Host-{COOKIE}_csrf"}
+            for cookie in cookies:
+                assert cookie.get("secure") is True
+                assert cookie.get("httpOnly") is True
         finally:
             await context.close()
+
+
+async def test_login_works_on_a_first_visit_with_no_stored_session(
+    page: Page, context: BrowserContext
+) -> None:
+    await page.goto("/login")  # the very first request of this browser
+    names = {cookie.get("name") for cookie in await context.cookies()}
+    assert names == {f"{COOKIE}_csrf"}  # only the CSRF nonce: no session was stored
+    await screenshot(page, "10-login-first-visit")
+    await page.get_by_label("Username").fill("alice")
+    await page.get_by_label("Password").fill("wonderland")
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page).to_have_url(re.compile(r"/dashboard$"))
+    await expect(page.get_by_role("heading", name="Hello, Alice Liddell")).to_be_visible()
+    assert await session_cookie_value(context) is not None
+
+
+async def test_too_many_failed_logins_show_the_429_page(context: BrowserContext) -> None:
+    page = await context.new_page()  # not the fixture: the 429 itself is logged as an error
+    for attempt in range(5):
+        await log_in(page, "bob", f"guess-{attempt}")
+        await expect(page.locator("#login-error")).to_have_text(
+            "Unknown username or wrong password."
+        )
+    await page.goto("/login")
+    await page.get_by_label("Username").fill("bob")
+    await page.get_by_label("Password").fill("builder")  # the right one, refused too
+    async with page.expect_response(re.compile(r"/login$")) as answer:
+        await page.get_by_role("button", name="Log in").click()
+    response = await answer.value
+    assert response.status == 429
+    assert 0 < int(await response.header_value("retry-after") or "0") <= 900
+    await expect(page.locator("#login-error")).to_have_text(
+        re.compile(r"^Too many failed logins\. Try again in \d+ minutes?\.$")
+    )
+    await screenshot(page, "11-login-throttled")
+    await page.goto("/dashboard")
+    await expect(page).to_have_url(re.compile(r"/login\?next=/dashboard$"))
+
+
+async def test_logout_leaves_no_cookie_and_no_stored_data(
+    page: Page, context: BrowserContext
+) -> None:
+    await log_in(page)
+    await expect(page).to_have_url(re.compile(r"/dashboard$"))
+    # What a page script might have kept: logging out must not leave it behind.
+    await page.evaluate(
+        "localStorage.setItem('draft', 'secret'); sessionStorage.setItem('tab', 'secret')"
+    )
+    assert len(await context.cookies()) == 2  # the session's and the CSRF nonce's
+    await page.get_by_role("button", name="Log out alice").click()
+    await expect(page).to_have_url(re.compile(r"/\?logged_out=1$"))
+    await expect(page.locator("#logged-out-notice")).to_be_visible()
+    assert await context.cookies() == []
+    assert await page.evaluate("localStorage.length") == 0
+    assert await page.evaluate("sessionStorage.length") == 0
+    await screenshot(page, "12-logged-out-clean")

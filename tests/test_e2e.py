@@ -153,7 +153,8 @@ async def journey(server: Server) -> str:
         assert 'id="cart-total">€25.00<' in cart.text
 
         # The websocket changes the session; the next page load sees it.
-        cookie = f"{COOKIE}={client.cookies[COOKIE]}"
+        # Every cookie, as a browser sends: the session's and the CSRF nonce's.
+        cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
         count = await visits(client)
         meta_token = await token_from(client, "/dashboard")
         reply = await websocket_call(server, cookie, {"action": "visit", "csrf_token": meta_token})

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import re
+import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +21,15 @@ from quart import typing as quart_typing
 from quart.testing import QuartClient, WebsocketResponseError
 from quart.wrappers import Response
 
+from app import auth as app_auth
 from app import create_app
+from app.logs import configure_logging
+from app.throttle import Limit, client_network
+from tests.conftest import FakeClock
 
 SECRET = "test-secret-key-for-the-sample-app"
 COOKIE = "quartsess_demo"
+CSRF_COOKIE = "quartsess_demo_csrf"
 TOKEN_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 TOKEN_META = re.compile(r'name="csrf-token" content="([^"]+)"')
 
@@ -58,6 +68,14 @@ async def client(tmp_path: Path) -> AsyncIterator[QuartClient]:
         yield new_client(test_app)
 
 
+def stored_row_count(tmp_path: Path) -> int:
+    """Rows in the app's sessions table (``build_app``'s SQLite file)."""
+    with sqlite3.connect(tmp_path / "sessions.sqlite3") as connection:
+        [(count,)] = connection.execute("SELECT COUNT(*) FROM quart_sessions").fetchall()
+    connection.close()
+    return int(count)
+
+
 def new_client(test_app: quart_typing.TestAppProtocol) -> QuartClient:
     client = test_app.test_client()
     assert isinstance(client, QuartClient)
@@ -78,6 +96,10 @@ def session_cookie(client: QuartClient) -> str | None:
 
 def set_cookies(response: Response) -> list[str]:
     return response.headers.getlist("Set-Cookie")
+
+
+def cookies_named(response: Response, name: str) -> list[str]:
+    return [cookie for cookie in set_cookies(response) if cookie.startswith(f"{name}=")]
 
 
 async def form_token(client: QuartClient, path: str) -> str:
@@ -116,6 +138,52 @@ async def test_pages_send_security_headers(client: QuartClient) -> None:
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
+@pytest.mark.parametrize(
+    "path", ["/", "/login", "/cart/", "/dashboard", "/visits", "/nowhere", "/login?next=/cart/"]
+)
+async def test_pages_are_never_stored_by_a_cache(client: QuartClient, path: str) -> None:
+    response = await client.get(path)
+    assert response.cache_control.no_store, path
+    assert "Strict-Transport-Security" not in response.headers  # plain http here
+
+
+async def test_logged_in_pages_are_never_stored_by_a_cache(client: QuartClient) -> None:
+    await log_in(client)
+    await cart_post(client, "add", product_id="tea")
+    for path in ("/dashboard", "/cart/", "/"):
+        response = await client.get(path)
+        assert response.status_code == 200
+        assert response.cache_control.no_store, path
+
+
+async def test_static_files_may_be_cached(client: QuartClient) -> None:
+    response = await client.get("/static/style.css")
+    assert not response.cache_control.no_store
+
+
+async def test_logout_clears_site_data(client: QuartClient) -> None:
+    await log_in(client)
+    token = await form_token(client, "/dashboard")
+    response = await client.post("/logout", form={"csrf_token": token})
+    assert response.headers["Clear-Site-Data"] == '"cookies", "storage"'
+
+
+async def test_https_deployment_sends_hsts_and_host_prefixed_cookies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QUARTSESS_COOKIE_SECURE", "1")
+    app = build_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = new_client(test_app)
+        login = await client.get("/login")
+        assert login.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"
+        [csrf] = cookies_named(login, f"__Host-{CSRF_COOKIE}")
+        visits = await client.get("/visits")
+        [cookie] = cookies_named(visits, f"__Host-{COOKIE}")
+    for header in (csrf, cookie):
+        assert "Secure" in header and "Path=/" in header and "Domain" not in header
+
+
 async def test_static_css_is_served(client: QuartClient) -> None:
     response = await client.get("/static/style.css")
     assert response.status_code == 200
@@ -132,9 +200,10 @@ async def test_login_page_shows_demo_credentials(client: QuartClient) -> None:
 
 
 async def test_login_regenerates_the_session_and_redirects(client: QuartClient) -> None:
+    await client.get("/visits")  # a session stored before login
     token = await form_token(client, "/login")
     before = session_cookie(client)
-    assert before is not None  # the form's CSRF token lives in a stored session
+    assert before is not None
     response = await client.post(
         "/login", form={"username": "alice", "password": "wonderland", "csrf_token": token}
     )
@@ -152,7 +221,7 @@ async def test_login_regenerates_the_session_and_redirects(client: QuartClient) 
 
 
 async def test_old_session_id_is_dead_after_login(client: QuartClient) -> None:
-    await form_token(client, "/login")
+    await client.get("/visits")
     before = session_cookie(client)
     assert before is not None
     await log_in(client)
@@ -223,6 +292,96 @@ async def test_csrf_token_changes_at_login(client: QuartClient) -> None:
     assert after != before
 
 
+# -- viewing a page stores nothing; CSRF without a stored session ----------------------
+
+PAGES = (
+    "/",
+    "/?logged_out=1",
+    "/login",
+    "/login?next=/cart/",
+    "/login?next=/%0Bevil",
+    "/cart/",
+    "/dashboard",
+    "/nowhere",
+    "/logout",
+    "/static/style.css",
+)
+
+
+async def test_page_views_store_no_session_only_the_visit_counter_does(tmp_path: Path) -> None:
+    app = build_app(tmp_path)
+    async with app.test_app() as test_app:
+        for _ in range(20):
+            for path in PAGES:
+                client = new_client(test_app)  # a new visitor each time, without cookies
+                response = await client.get(path)
+                assert response.status_code in {200, 302, 404, 405}, path
+                assert cookies_named(response, COOKIE) == [], path
+        assert stored_row_count(tmp_path) == 0
+
+        response = await new_client(test_app).get("/visits")
+        assert len(cookies_named(response, COOKIE)) == 1
+    assert stored_row_count(tmp_path) == 1
+
+
+async def test_login_works_on_a_first_visit_without_a_stored_session(
+    tmp_path: Path,
+) -> None:
+    app = build_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = new_client(test_app)
+        token = await form_token(client, "/login")
+        assert session_cookie(client) is None
+        assert stored_row_count(tmp_path) == 0
+        response = await client.post(
+            "/login", form={"username": "alice", "password": "wonderland", "csrf_token": token}
+        )
+        assert response.status_code == 302
+        assert (await client.get("/dashboard")).status_code == 200
+    assert stored_row_count(tmp_path) == 1
+
+
+async def test_csrf_cookie_is_http_only_and_set_once(client: QuartClient) -> None:
+    first = await client.get("/login")
+    [cookie] = cookies_named(first, CSRF_COOKIE)
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+    assert first.headers["Cache-Control"] == "no-store"
+    second = await client.get("/cart/")
+    assert set_cookies(second) == []  # the browser's nonce is kept
+
+
+async def test_csrf_token_of_another_browser_is_refused(tmp_path: Path) -> None:
+    app = build_app(tmp_path)
+    async with app.test_app() as test_app:
+        attacker, victim = new_client(test_app), new_client(test_app)
+        token = await form_token(attacker, "/login")
+        await form_token(victim, "/login")
+        response = await victim.post(
+            "/login", form={"username": "alice", "password": "wonderland", "csrf_token": token}
+        )
+        assert response.status_code == 400
+        assert session_cookie(victim) is None
+
+
+async def test_csrf_token_needs_its_cookie(client: QuartClient) -> None:
+    token = await form_token(client, "/login")
+    client.delete_cookie("localhost", CSRF_COOKIE)
+    response = await client.post(
+        "/login", form={"username": "alice", "password": "wonderland", "csrf_token": token}
+    )
+    assert response.status_code == 400
+
+
+async def test_csrf_nonce_is_not_accepted_as_its_own_token(client: QuartClient) -> None:
+    await form_token(client, "/login")
+    assert client.cookie_jar is not None
+    [nonce] = [cookie.value for cookie in client.cookie_jar if cookie.name == CSRF_COOKIE]
+    response = await client.post(
+        "/login", form={"username": "alice", "password": "wonderland", "csrf_token": nonce}
+    )
+    assert response.status_code == 400
+
+
 async def test_dashboard_redirects_logged_out_visitors_to_login(client: QuartClient) -> None:
     response = await client.get("/dashboard")
     assert response.status_code == 302
@@ -241,6 +400,14 @@ async def test_dashboard_redirects_logged_out_visitors_to_login(client: QuartCli
         ("https://evil.example/", "/dashboard"),
         ("/\\evil.example", "/dashboard"),
         ("", "/dashboard"),
+        ("/\x0bcart", "/dashboard"),
+        ("/\x00", "/dashboard"),
+        ("/\x0c", "/dashboard"),
+        ("/cart/\r\nSet-Cookie: x=y", "/dashboard"),
+        ("/\n/evil.example", "/dashboard"),
+        ("/\t/evil.example", "/dashboard"),
+        ("/\x7f", "/dashboard"),
+        ("/\x85", "/dashboard"),
     ],
 )
 async def test_login_continues_only_to_local_pages(
@@ -253,6 +420,7 @@ async def test_login_continues_only_to_local_pages(
     )
     assert response.status_code == 302
     assert response.headers["Location"] == expected
+    assert (await client.get("/dashboard")).status_code == 200  # logged in, whatever next was
 
 
 async def test_login_page_sends_logged_in_users_to_dashboard(client: QuartClient) -> None:
@@ -311,8 +479,7 @@ async def test_visits_survive_login(client: QuartClient) -> None:
 
 async def test_session_cookie_flags(client: QuartClient) -> None:
     response = await client.get("/visits")
-    [cookie] = set_cookies(response)
-    assert cookie.startswith(f"{COOKIE}=")
+    [cookie] = cookies_named(response, COOKIE)
     assert "HttpOnly" in cookie
     assert "SameSite=Lax" in cookie
     assert "Secure" not in cookie  # plain http on loopback unless QUARTSESS_COOKIE_SECURE=1
@@ -326,8 +493,151 @@ async def test_secure_cookie_from_environment(
     app = build_app(tmp_path)
     async with app.test_app() as test_app:
         response = await new_client(test_app).get("/visits")
-    [cookie] = set_cookies(response)
-    assert "Secure" in cookie
+    cookies = set_cookies(response)
+    assert len(cookies) == 2  # the session's and the CSRF nonce's
+    assert all("Secure" in cookie for cookie in cookies)
+
+
+# -- failed-login throttle --------------------------------------------------------------
+
+
+@pytest.fixture
+def hash_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every password hash the app checks (the real check still runs)."""
+    runs: list[str] = []
+    real = app_auth.check_password_hash
+
+    def counting(stored: str, password: str) -> bool:
+        runs.append(password)
+        return real(stored, password)
+
+    monkeypatch.setattr(app_auth, "check_password_hash", counting)
+    return runs
+
+
+def throttled_app(tmp_path: Path, clock: FakeClock, *, account: int, client: int) -> Quart:
+    return build_app(
+        tmp_path,
+        LOGIN_LIMIT_PER_ACCOUNT=Limit(failures=account, window=60),
+        LOGIN_LIMIT_PER_CLIENT=Limit(failures=client, window=60),
+        LOGIN_THROTTLE_CLOCK=clock,
+    )
+
+
+async def attempt(client: QuartClient, username: str, password: str) -> Response:
+    token = await form_token(client, "/login")
+    return await client.post(
+        "/login", form={"username": username, "password": password, "csrf_token": token}
+    )
+
+
+async def test_failed_logins_per_account_are_limited(
+    tmp_path: Path, clock: FakeClock, hash_runs: list[str]
+) -> None:
+    app = throttled_app(tmp_path, clock, account=3, client=100)
+    async with app.test_app() as test_app:
+        client = new_client(test_app)
+        for guess in ("one", "two", "three"):
+            assert (await attempt(client, "alice", guess)).status_code == 200
+        assert hash_runs == ["one", "two", "three"]
+
+        clock.advance(20)
+        refused = await attempt(client, "alice", "four")
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "40"
+        assert "Too many failed logins. Try again in 1 minute." in await text_of(refused)
+        right = await attempt(client, "ALICE", "wonderland")  # usernames: any case
+        assert right.status_code == 429  # the right password is refused too
+        assert hash_runs == ["one", "two", "three"]  # no hash ran for refused attempts
+        assert (await client.get("/dashboard")).status_code == 302
+        other = await attempt(new_client(test_app), "bob", "builder")
+        assert other.status_code == 302  # another account is not held back
+
+        clock.advance(41)  # the window is over
+        assert (await attempt(client, "alice", "wonderland")).status_code == 302
+        assert (await client.get("/dashboard")).status_code == 200
+
+
+async def test_failed_logins_per_client_address_are_limited(
+    tmp_path: Path, clock: FakeClock, hash_runs: list[str]
+) -> None:
+    app = throttled_app(tmp_path, clock, account=100, client=3)
+    async with app.test_app() as test_app:
+        client = new_client(test_app)
+        for name in ("mallory", "trudy", "eve"):  # one guess each, from one address
+            assert (await attempt(client, name, "guess")).status_code == 200
+        refused = await attempt(client, "alice", "wonderland")
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "60"
+        assert len(hash_runs) == 3
+
+
+async def test_a_successful_login_does_not_count(tmp_path: Path, clock: FakeClock) -> None:
+    app = throttled_app(tmp_path, clock, account=3, client=3)
+    async with app.test_app() as test_app:
+        for _ in range(5):
+            response = await attempt(new_client(test_app), "alice", "wonderland")
+            assert response.status_code == 302
+        client = new_client(test_app)
+        statuses = [(await attempt(client, "alice", "nope")).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+
+
+async def test_parallel_guesses_run_no_more_hashes_than_the_limit(
+    tmp_path: Path, clock: FakeClock, hash_runs: list[str]
+) -> None:
+    app = throttled_app(tmp_path, clock, account=5, client=100)
+    async with app.test_app() as test_app:
+        guessers = [new_client(test_app) for _ in range(12)]
+        tokens = [await form_token(guesser, "/login") for guesser in guessers]
+        responses = await asyncio.gather(
+            *(
+                guesser.post(
+                    "/login",
+                    form={"username": "alice", "password": f"guess{n}", "csrf_token": token},
+                )
+                for n, (guesser, token) in enumerate(zip(guessers, tokens, strict=True))
+            )
+        )
+    assert sorted(response.status_code for response in responses) == [200] * 5 + [429] * 7
+    assert len(hash_runs) == 5
+
+
+async def test_the_limit_holds_across_workers(tmp_path: Path, clock: FakeClock) -> None:
+    """Two apps on one instance folder, as hypercorn's workers are: one counter."""
+    first = throttled_app(tmp_path, clock, account=2, client=100)
+    second = throttled_app(tmp_path, clock, account=2, client=100)
+    async with first.test_app() as one, second.test_app() as other:
+        assert (await attempt(new_client(one), "bob", "a")).status_code == 200
+        assert (await attempt(new_client(other), "bob", "b")).status_code == 200
+        assert (await attempt(new_client(one), "bob", "builder")).status_code == 429
+        assert (await attempt(new_client(other), "bob", "builder")).status_code == 429
+
+
+async def test_failed_logins_are_logged_without_forged_lines(
+    client: QuartClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app")
+    forged = "mallory\n[2026-01-01 00:00:00 +0000] [1] [INFO] app.auth: login ok" + "x" * 500
+    await attempt(client, forged, "guess")
+    [record] = [r for r in caplog.records if r.name == "app.auth"]
+    message = record.getMessage()
+    assert record.levelname == "INFO" and message.startswith("failed login for 'mallory\\n")
+    assert "\n" not in message and len(message) < 120
+    assert "guess" not in message  # never the password
+
+
+@pytest.mark.parametrize(
+    ("address", "network"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("<local>", "<local>"),
+    ],
+)
+def test_clients_are_told_apart_by_address_or_ipv6_network(address: str, network: str) -> None:
+    assert client_network(address) == network
 
 
 # -- cart ---------------------------------------------------------------------------------
@@ -391,6 +701,43 @@ async def test_cart_survives_login_and_logout_empties_it(client: QuartClient) ->
     token = await form_token(client, "/cart/")
     await client.post("/logout", form={"csrf_token": token})
     assert "Your cart is empty." in await text_of(await client.get("/cart/"))
+
+
+async def test_no_sequence_of_requests_pushes_the_session_over_its_limit(
+    tmp_path: Path,
+) -> None:
+    """Every action that flashes, over and over, its redirect never followed (a page view
+    shows the messages and so removes them): the session stays small enough to save."""
+    app = build_app(tmp_path, SESSION_MAX_BYTES=1024)
+    async with app.test_app() as test_app:
+        client = new_client(test_app)
+        await log_in(client)
+        for _ in range(3):  # logged in already: each login flashes again
+            token = await form_token(client, "/cart/")
+            response = await client.post(
+                "/login", form={"username": "alice", "password": "wonderland", "csrf_token": token}
+            )
+            assert response.status_code == 302
+        for _ in range(30):
+            assert (await client.get("/visits")).status_code == 200
+        token = await form_token(client, "/cart/")
+        actions = (
+            ("add", {"product_id": "tea"}),
+            ("add", {"product_id": "mug", "quantity": "99"}),
+            ("add", {"product_id": "kettle", "quantity": "99"}),
+            ("add", {"product_id": "biscuits", "quantity": "99"}),
+            ("update", {"product_id": "tea", "quantity": "99"}),
+            ("remove", {"product_id": "kettle"}),
+            ("update", {"product_id": "biscuits", "quantity": "0"}),
+            ("clear", {}),
+        )
+        for _ in range(40):
+            for action, form in actions:
+                response = await client.post(f"/cart/{action}", form={"csrf_token": token, **form})
+                assert response.status_code == 302, await text_of(response)
+        body = await text_of(await client.get("/cart/"))
+        assert body.count('<p class="flash flash-') == 3  # only the newest messages
+        assert "Your cart is empty now." in body
 
 
 async def test_cart_unknown_product_is_404(client: QuartClient) -> None:
@@ -485,7 +832,9 @@ async def test_websocket_rejects_unknown_messages(client: QuartClient) -> None:
         assert json.loads(await socket.receive()) == {"error": "unknown action"}
 
 
-@pytest.mark.parametrize("origin", ["http://evil.example", None])
+@pytest.mark.parametrize(
+    "origin", ["http://evil.example", "https://localhost", "ws://localhost", "localhost", None]
+)
 async def test_websocket_refuses_other_origins(client: QuartClient, origin: str | None) -> None:
     await visits_token(client)
     headers = {"Origin": origin} if origin else {}
@@ -497,6 +846,55 @@ async def test_websocket_refuses_other_origins(client: QuartClient, origin: str 
 
 
 # -- set-up -------------------------------------------------------------------------------
+
+STARTUP_SCRIPT = """
+import logging, sys
+if sys.argv[1] == "host":
+    logging.basicConfig(format="HOST %(name)s %(message)s")
+from app import create_app
+from app.logs import configure_logging
+create_app({"SECRET_KEY": "k" * 40, "INSTANCE_PATH": sys.argv[2], "SESSION_IDEL_TIMEOUT": 5})
+"""
+OUR_LINE = re.compile(
+    r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[(\d+)\] \[WARNING\] quartsess: "
+    r"SESSION_IDEL_TIMEOUT is not a setting quartsess or Quart knows",
+    re.MULTILINE,
+)
+
+
+def start_up(tmp_path: Path, mode: str) -> str:
+    """Build the app in a fresh interpreter; its stderr."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QUARTSESS_")}
+    result = subprocess.run(  # noqa: S603 - fixed arguments
+        [sys.executable, "-c", STARTUP_SCRIPT, mode, str(tmp_path / "instance")],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stderr
+
+
+def test_logging_is_set_up_when_nobody_else_did(tmp_path: Path) -> None:
+    stderr = start_up(tmp_path, "plain")
+    [pid] = OUR_LINE.findall(stderr)
+    assert int(pid) > 0
+
+
+def test_logging_set_up_by_the_host_is_left_alone(tmp_path: Path) -> None:
+    stderr = start_up(tmp_path, "host")
+    assert OUR_LINE.search(stderr) is None
+    assert stderr.count("HOST quartsess SESSION_IDEL_TIMEOUT is not a setting") == 1
+
+
+def test_logging_is_left_alone_under_pytest(caplog: pytest.LogCaptureFixture) -> None:
+    configure_logging()  # pytest's capture handlers are on the root logger
+    assert logging.getLogger("quartsess").handlers == []
+    logging.getLogger("quartsess").warning("still captured")
+    assert "still captured" in caplog.text
+
 
 
 async def test_secret_key_is_generated_once_into_the_instance_folder(

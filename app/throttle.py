@@ -1,0 +1,144 @@
+"""Failed-login throttling that every worker of the server shares.
+
+The counters live in a small SQLite file that all workers open (WAL mode, a busy
+timeout): a limit kept in one worker's memory would let a guesser simply spread the
+guesses over the workers. An attempt is counted *before* the password hash runs, in one
+transaction that also checks the limits, so parallel guessers cannot all slip through
+before the count catches up; a login that succeeds gives its attempt back, so what is
+limited is failed logins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import math
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS login_attempts ("
+    " key TEXT PRIMARY KEY, attempts INTEGER NOT NULL, window_ends REAL NOT NULL"
+    ") WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS login_attempts_window_ends ON login_attempts (window_ends)",
+)
+BUSY_TIMEOUT = 5.0  # seconds a worker waits for another one's write
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most ``failures`` failed logins per ``window`` seconds, counted from the first."""
+
+    failures: int
+    window: float
+
+
+class LoginThrottle:
+    """Counts failed logins per account and per client address, in a shared SQLite file."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        per_account: Limit,
+        per_client: Limit,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.per_account = per_account
+        self.per_client = per_client
+        self.clock = clock
+        self._ready = False  # the file and its table are made on the first attempt
+
+    async def reserve(self, account: str, client: str) -> int | None:
+        """Count one login attempt, or refuse it: ``None`` if it may go ahead, else how
+        many seconds until the limit that holds it back runs out (nothing is counted)."""
+        limits = self._limits(account, client)
+        return await asyncio.to_thread(self._reserve, limits, self.clock())
+
+    async def refund(self, account: str, client: str) -> None:
+        """Give back the attempt of a login that succeeded."""
+        keys = [key for key, _ in self._limits(account, client)]
+        await asyncio.to_thread(self._refund, keys, self.clock())
+
+    def _limits(self, account: str, client: str) -> list[tuple[str, Limit]]:
+        return [
+            (_key("account", account.casefold()), self.per_account),
+            (_key("client", client_network(client)), self.per_client),
+        ]
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: the transactions below are opened explicitly.
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        if not self._ready:
+            connection.execute("PRAGMA journal_mode=WAL")
+            for statement in SCHEMA:
+                connection.execute(statement)
+            self._ready = True
+        return connection
+
+    def _reserve(self, limits: list[tuple[str, Limit]], now: float) -> int | None:
+        connection = self._connect()
+        try:
+            # IMMEDIATE takes the write lock first: check and count are one step for
+            # every worker.
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("DELETE FROM login_attempts WHERE window_ends <= ?", (now,))
+            keys = [key for key, _ in limits]
+            counted = dict(
+                (key, (attempts, window_ends))
+                for key, attempts, window_ends in connection.execute(
+                    "SELECT key, attempts, window_ends FROM login_attempts WHERE key IN (?, ?)",
+                    keys,
+                )
+            )
+            waits = [
+                counted[key][1] - now
+                for key, limit in limits
+                if key in counted and counted[key][0] >= limit.failures
+            ]
+            if not waits:
+                connection.executemany(
+                    "INSERT INTO login_attempts (key, attempts, window_ends) VALUES (?, 1, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET attempts = attempts + 1",
+                    [(key, now + limit.window) for key, limit in limits],
+                )
+            connection.execute("COMMIT")
+        finally:
+            connection.close()
+        return max(1, math.ceil(max(waits))) if waits else None
+
+    def _refund(self, keys: list[str], now: float) -> None:
+        connection = self._connect()
+        try:
+            connection.execute(
+                "UPDATE login_attempts SET attempts = attempts - 1"
+                " WHERE key IN (?, ?) AND attempts > 0 AND window_ends > ?",
+                [*keys, now],
+            )
+        finally:
+            connection.close()
+
+
+def client_network(address: str) -> str:
+    """The client's address; for IPv6 its /64, which one client usually has whole."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
+
+
+def _key(kind: str, value: str) -> str:
+    # Hashed: the table holds no usernames or addresses, and keys have a fixed length.
+    return hashlib.sha256(f"{kind}\0{value}".encode()).hexdigest()
