@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from .codec import generate_key
 from .errors import ConfigurationError
 from .ids import log_id
+from .migrate import migrate_cli
 from .pruner import Pruner
 from .store import STORE_ERRORS, SessionStore
 
@@ -30,6 +31,7 @@ ROTATE_BATCH_SIZE = 500
 MAX_LISTED_IDS = 20
 
 sessions_cli = AppGroup("sessions", help="Manage quartsess's server-side sessions.")
+sessions_cli.add_command(migrate_cli)
 
 
 @sessions_cli.command("gen-key")

@@ -137,3 +137,20 @@ def test_the_sdist_holds_every_test_module_and_its_tests_collect(
     assert len({node.split("::")[0] for node in from_sdist}) == len(
         [name for name in in_repo if name.startswith("test_")]
     )
+
+
+def test_the_wheel_ships_the_repositorys_alembic_folder_as_is(dist: Dist) -> None:
+    """One copy of each revision: the wheel's quartsess/_migrations is alembic/ itself."""
+    in_repo = {
+        path.relative_to(ROOT / "alembic").as_posix(): path.read_bytes()
+        for path in (ROOT / "alembic").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert "versions/0001_create_sessions_table.py" in in_repo
+    with zipfile.ZipFile(dist.wheel) as wheel:
+        shipped = {
+            name.removeprefix("quartsess/_migrations/"): wheel.read(name)
+            for name in wheel.namelist()
+            if name.startswith("quartsess/_migrations/")
+        }
+    assert shipped == in_repo
