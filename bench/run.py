@@ -510,7 +510,7 @@ def update_readme(table: str) -> None:
         "and doing the same in your app removes most of that cost (see the docs). "
         "Where the time goes, the profiles, what each optimization bought, why each database "
         "is driven the way it is, and what stands in the way of the goals still missed: "
-        "[docs/performance.md](docs/performance.md).\n"
+        "[docs/performance.md](https://github.com/quartsess/quartsess/blob/main/docs/performance.md).\n"
     )
     README.write_text(text[:start] + body + rest)
 

@@ -13,6 +13,7 @@ from quart.cli import AppGroup, ScriptInfo, pass_script_info
 from .errors import ConfigurationError, InvalidPayload, describe_error
 from .ids import log_id
 from .keys import generate_key
+from .migrate import migrate_cli
 from .pruner import Pruner
 from .stores.base import STORE_ERRORS, MaintainedStore
 
@@ -28,6 +29,7 @@ ROTATE_BATCH_SIZE = 500
 MAX_LISTED_IDS = 20
 
 sessions_cli = AppGroup("sessions", help="Manage quartsess's server-side sessions.")
+sessions_cli.add_command(migrate_cli)
 
 
 @sessions_cli.command("gen-key")
@@ -157,7 +159,7 @@ def _run(info: ScriptInfo, work: Work[T]) -> T:
             if not await store.table_exists():
                 raise click.ClickException(
                     f"the sessions table {config.table!r} does not exist in {url}: create it with "
-                    "`alembic upgrade head`, or start the app once with SESSION_CREATE_TABLE=True"
+                    "`quart sessions migrate`, or start the app once with SESSION_CREATE_TABLE=True"
                 )
             return await work(interface, store)
         except STORE_ERRORS as error:

@@ -232,7 +232,7 @@ async def test_missing_table_is_a_clear_error(tmp_path: Path, make_app: AppFacto
     app = make_app(SESSION_DB_URL=f"sqlite+aiosqlite:///{database}", SESSION_TABLE="absent")
     result = await invoke(app, "prune")
     assert_clean_failure(result, "the sessions table 'absent' does not exist")
-    assert "alembic upgrade head" in result.output
+    assert "quart sessions migrate" in result.output
 
 
 async def test_unreachable_database_server_is_a_clear_error(make_app: AppFactory) -> None:
