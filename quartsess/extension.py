@@ -86,6 +86,7 @@ class Session:
 
         async def start_serving() -> None:
             _warn_insecure_cookies(app)
+            store.keep_connections(True)
             try:
                 await store.prepare(create_table=config.create_table)
             except STORE_ERRORS as error:
@@ -101,6 +102,7 @@ class Session:
         async def stop_serving() -> None:
             await pruner.stop()
             await interface.wait_for_saves()  # saves outlive cancelled requests
+            store.keep_connections(False)
             await store.close()
 
         app.before_serving(start_serving)

@@ -26,12 +26,21 @@ FIRST, SECOND = "a" * 64, "b" * 64
 OTHERS = [f"c{n:063x}" for n in range(5)]
 
 
-async def wait_until_a_transaction_waits_for_a_lock(connection: AsyncConnection) -> None:
-    """Poll InnoDB until some transaction is blocked on a row lock (bounded). Its status
-    report is built on every call; INNODB_TRX is a cache that polling keeps stale."""
+async def wait_until_a_transaction_waits_for_a_lock(
+    connection: AsyncConnection, table: str
+) -> None:
+    """Poll InnoDB until a statement on ``table`` is blocked on a row lock (bounded). Its
+    status report is built on every call; INNODB_TRX is a cache that polling keeps stale.
+    Only a transaction of this table counts: the server is shared with other test runs."""
     give_up = time.monotonic() + DEADLINE
     status = text("SHOW ENGINE INNODB STATUS")
-    while "LOCK WAIT" not in (await connection.execute(status)).one()[2]:
+
+    def waiting(report: str) -> bool:
+        return any(
+            "LOCK WAIT" in block and table in block for block in report.split("---TRANSACTION")
+        )
+
+    while not waiting((await connection.execute(status)).one()[2]):
         if time.monotonic() > give_up:
             pytest.fail("the session statement never waited for the other transaction")
 
@@ -56,7 +65,7 @@ async def deadlock_a_statement(
                 await larger.execute(text(f"DELETE FROM {name} WHERE id_hash = '{id_hash}'"))  # noqa: S608
             await larger.execute(text(f"UPDATE {name} SET version = 7 WHERE id_hash = '{SECOND}'"))  # noqa: S608
             victim = asyncio.ensure_future(run.rowcount(statement, {}))
-            await wait_until_a_transaction_waits_for_a_lock(observer)  # it holds FIRST
+            await wait_until_a_transaction_waits_for_a_lock(observer, name)  # it holds FIRST
             await larger.execute(text(f"UPDATE {name} SET version = 7 WHERE id_hash = '{FIRST}'"))  # noqa: S608
             await larger.commit()
     finally:

@@ -50,6 +50,9 @@ class AsyncpgRunner:
         self._connect_kwargs = dict(connect_kwargs)
         kwargs = self._connect_kwargs
         self._acquire_timeout = float(kwargs.get("timeout", 5))
+        #: Keep connections open between statements (while the app serves); otherwise
+        #: each is closed after its statement, so nothing is left for the garbage collector.
+        self.keep_open = True
         self._max_size = max_size
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[Any] = []  # connections ready for use, most recently used last
@@ -90,7 +93,15 @@ class AsyncpgRunner:
             if replacement is None:
                 raise
             raise replacement from error
-        self._release(connection)
+        if self.keep_open or self._waiters:
+            self._release(connection)
+        else:
+            self._members.discard(connection)
+            self._free_slot()
+            try:
+                await connection.close(timeout=self._acquire_timeout)
+            except self._errors:
+                connection.terminate()
         return result
 
     # -- the pool -----------------------------------------------------------------------

@@ -103,6 +103,13 @@ class SessionStore(Protocol):
         """Close every connection; the store opens new ones if used again."""
         ...
 
+    def keep_connections(self, keep: bool) -> None:
+        """Keep connections open between statements (``True`` while the app serves).
+        With ``False``, the default, each is closed after use: an app driven by
+        ``test_client()`` without ``test_app()`` never shuts down, and must leave no
+        connection for the garbage collector."""
+        ...
+
 
 class MaintainedStore(SessionStore, Protocol):
     """A store the pruner and the ``quart sessions`` commands can work on."""

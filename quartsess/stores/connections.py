@@ -4,12 +4,12 @@ databases whose per-request statements go through SQLAlchemy."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -67,40 +67,52 @@ class Connections:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._single_connection = engine.dialect.name == "sqlite"
-        self._connection: AsyncConnection | None = None
+        self._in_memory = self._single_connection and _is_in_memory(engine)
+        self._file_ready = False
         self._connection_loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
+        #: Keep pooled connections open between uses (while the app serves); when False
+        #: the pool is emptied after each use, so nothing is left for the garbage
+        #: collector of an app that is never shut down (``test_client()`` alone).
+        self.keep_open = True
+        self._in_use = 0
 
     async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Await ``work(connection)`` and give the connection back."""
         if not self._single_connection:
-            async with self.engine.connect() as connection:
+            async with self.pooled() as connection:
                 return await work(connection)
         loop = asyncio.get_running_loop()
         if self._lock is None or self._connection_loop is not loop:
             # First use, or the app moved to a new event loop (e.g. one per test):
-            # connections and locks cannot cross loops.
+            # an asyncio.Lock cannot cross loops.
             self._lock = asyncio.Lock()
-            self._connection = None
             self._connection_loop = loop
         async with self._lock:
-            if self._connection is None:
+            if not self._file_ready:
                 await self._prepare_sqlite_file()
-                self._connection = await self.engine.connect()
+                self._file_ready = True
             try:
-                return await work(self._connection)
-            except DBAPIError as error:
-                if error.connection_invalidated:
-                    await self._drop_connection()
-                raise
+                # StaticPool hands out its one DBAPI connection every time; checking it
+                # out per call leaves nothing checked out for the garbage collector.
+                async with self.engine.connect() as connection:
+                    return await work(connection)
+            finally:
+                if not self.keep_open and not self._in_memory:
+                    # An in-memory database lives in that connection: keep it.
+                    await self.engine.dispose()
 
-    async def _drop_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            try:
-                await connection.close()
-            except SQLAlchemyError:
-                pass  # it is already broken; the next statement opens a new one
+    @asynccontextmanager
+    async def pooled(self) -> AsyncIterator[AsyncConnection]:
+        """A connection of the pool for a block (server databases only)."""
+        self._in_use += 1
+        try:
+            async with self.engine.connect() as connection:
+                yield connection
+        finally:
+            self._in_use -= 1
+            if not self.keep_open and not self._in_use:
+                await self.engine.dispose()
 
     async def _prepare_sqlite_file(self) -> None:
         # The file exactly as the engine opens it: a "file:" URI keeps its options
@@ -117,6 +129,11 @@ class Connections:
         """Close the connections (new ones are opened if used again)."""
         if self._lock is not None and self._connection_loop is asyncio.get_running_loop():
             async with self._lock:
-                await self._drop_connection()
-        self._connection = None
-        await self.engine.dispose()
+                await self.engine.dispose()
+        else:
+            await self.engine.dispose()
+
+
+def _is_in_memory(engine: AsyncEngine) -> bool:
+    [database], options = engine.dialect.create_connect_args(engine.url)
+    return database == ":memory:" or (bool(options.get("uri")) and "mode=memory" in database)

@@ -98,6 +98,9 @@ class MemoryStore:
     async def close(self) -> None:
         return None
 
+    def keep_connections(self, keep: bool) -> None:
+        return None
+
     # -- maintenance -------------------------------------------------------------------
 
     def describe(self) -> str:

@@ -80,6 +80,7 @@ class SqlStore:
         #: ``"delete_version"``): for metrics, tracing, or tests that count round trips.
         self.statement_listeners: list[Callable[[str], None]] = []
         self._runner: StatementRunner = self._choose_runner(url, options, asyncpg, budget)
+        self.keep_connections(False)
 
     @classmethod
     def from_url(cls, url: URL, table_name: str, options: Mapping[str, Any]) -> SqlStore:
@@ -117,6 +118,10 @@ class SqlStore:
     @property
     def writes_inline(self) -> bool:
         return isinstance(self._runner, SqliteRunner)
+
+    def keep_connections(self, keep: bool) -> None:
+        self._runner.keep_open = keep
+        self.connections.keep_open = keep
 
     async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``work`` with a SQLAlchemy connection (schema work and maintenance)."""
@@ -294,7 +299,7 @@ class SqlStore:
         else:
             yield True
             return
-        async with self.engine.connect() as connection:
+        async with self.connections.pooled() as connection:
             result = await connection.execute(text(take), {"k": key})
             if result.scalar() != 1:
                 yield False

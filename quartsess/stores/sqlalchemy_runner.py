@@ -53,7 +53,16 @@ class SqlAlchemyRunner:
     """Runs the compiled statements' Core forms on connections of ``connections``."""
 
     def __init__(self, connections: Connections) -> None:
+        self._connections = connections
         self._run = connections.run
+
+    @property
+    def keep_open(self) -> bool:
+        return self._connections.keep_open
+
+    @keep_open.setter
+    def keep_open(self, keep: bool) -> None:
+        self._connections.keep_open = keep
 
     async def fetch_one(
         self, statement: CompiledStatement, params: Mapping[str, Any]

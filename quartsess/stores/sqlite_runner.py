@@ -49,6 +49,10 @@ class SqliteRunner:
         self._opening: asyncio.Lock | None = None
         self._writes = 0  # inline writes since the last checkpoint was started
         self._checkpointing = False
+        #: Keep the connections open between statements (while the app serves);
+        #: otherwise they are closed after each statement.
+        self.keep_open = True
+        self._in_flight = 0
 
     async def _connections(self) -> tuple[sqlite3.Connection, ThreadPoolExecutor]:
         if self._inline is not None and self._thread is not None:
@@ -89,12 +93,23 @@ class SqliteRunner:
     async def fetch_one(
         self, statement: CompiledStatement, params: Mapping[str, Any]
     ) -> Row | None:
-        result = await self._execute(statement, params, fetch=True)
+        result = await self._execute_then_maybe_close(statement, params, fetch=True)
         return result if result is None or isinstance(result, tuple) else None
 
     async def rowcount(self, statement: CompiledStatement, params: Mapping[str, Any]) -> int:
-        result = await self._execute(statement, params, fetch=False)
+        result = await self._execute_then_maybe_close(statement, params, fetch=False)
         return result if isinstance(result, int) else 0
+
+    async def _execute_then_maybe_close(
+        self, statement: CompiledStatement, params: Mapping[str, Any], *, fetch: bool
+    ) -> tuple[Any, ...] | int | None:
+        self._in_flight += 1
+        try:
+            return await self._execute(statement, params, fetch=fetch)
+        finally:
+            self._in_flight -= 1
+            if not self.keep_open and not self._in_flight:
+                await self.close()
 
     async def _execute(
         self, statement: CompiledStatement, params: Mapping[str, Any], *, fetch: bool

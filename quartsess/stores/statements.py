@@ -32,6 +32,9 @@ class CompiledStatement:
 class StatementRunner(Protocol):
     """Runs compiled statements; raises one of the store errors when the database fails."""
 
+    #: Keep connections open between statements; when False, close them after each.
+    keep_open: bool
+
     async def fetch_one(
         self, statement: CompiledStatement, params: Mapping[str, Any]
     ) -> Row | None: ...
