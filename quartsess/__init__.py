@@ -22,6 +22,7 @@ from .errors import (
     SessionStoreUnavailable,
     SessionTooLarge,
     StoreError,
+    TableMissing,
 )
 from .extension import Session
 from .interface import ServerSessionInterface
@@ -49,6 +50,7 @@ __all__ = [
     "SessionStoreUnavailable",
     "SessionTooLarge",
     "StoreError",
+    "TableMissing",
     "build_table",
     "generate_key",
     "metadata",

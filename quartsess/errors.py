@@ -30,7 +30,17 @@ class SessionTooLarge(QuartSessError, ValueError):
 
 
 class SessionNotSerializable(QuartSessError, TypeError):
-    """A session value is of a type the tagged JSON serializer cannot store."""
+    """A session value is of a type the tagged JSON serializer cannot store; ``path``
+    says where (``"['cart'][2]"``) and ``type_name`` what it is."""
+
+    def __init__(self, path: str, type_name: str) -> None:
+        where = f"session{path}" if path else "the session"
+        super().__init__(
+            f"{where} holds a {type_name}, which cannot be stored: session values must be "
+            "JSON types, tuples, bytes, datetimes, UUIDs or Markup (never pickled)"
+        )
+        self.path = path
+        self.type_name = type_name
 
 
 class InvalidPayload(QuartSessError):
@@ -39,6 +49,17 @@ class InvalidPayload(QuartSessError):
 
 class StoreError(QuartSessError):
     """The session database failed to answer (driver errors are chained as the cause)."""
+
+
+class TableMissing(StoreError):
+    """The database answers but has no sessions table, and SESSION_CREATE_TABLE is off."""
+
+    def __init__(self, table: str, database: str) -> None:
+        super().__init__(
+            f"table missing: the sessions table {table!r} does not exist in {database}; "
+            "create it with `quart sessions migrate` (or set SESSION_CREATE_TABLE = True)"
+        )
+        self.table = table
 
 
 class SaveConflict(QuartSessError):

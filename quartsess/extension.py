@@ -11,7 +11,7 @@ from weakref import WeakKeyDictionary
 from .cli import sessions_cli
 from .codec import PayloadCodec
 from .config import SessionConfig, check_driver_installed, misspelled_keys
-from .errors import describe_error
+from .errors import TableMissing, describe_error
 from .interface import ServerSessionInterface
 from .pruner import Pruner
 from .serializer import SessionSerializer
@@ -89,6 +89,8 @@ class Session:
             store.keep_connections(True)
             try:
                 await store.prepare(create_table=config.create_table)
+            except TableMissing as error:
+                logger.error("%s; until then requests that use the session get 503", error)
             except STORE_ERRORS as error:
                 # Serve anyway: pages that need no session keep working, the others get
                 # 503 until the database answers (then the table is created if needed).

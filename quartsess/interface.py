@@ -12,7 +12,14 @@ from quart.wrappers import BaseRequestWebsocket, Response
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from .eager import start_eagerly
-from .errors import SaveConflict, SessionStoreUnavailable, describe_error
+from .errors import (
+    SaveConflict,
+    SessionNotSerializable,
+    SessionStoreUnavailable,
+    SessionTooLarge,
+    TableMissing,
+    describe_error,
+)
 from .ids import hash_session_id, is_well_formed, log_id
 from .saving import SAVE_FAILURES, ExpiryPolicy, SaveResult, SessionSaver
 from .session import ServerSession, UnavailableSession
@@ -29,6 +36,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("quartsess")
 
 AnyResponse = Response | WerkzeugResponse
+# The session's content cannot be stored: the view's fault, a 500 like any other bug.
+_CONTENT_ERRORS = (SessionNotSerializable, SessionTooLarge)
 CookieAction = Literal["set", "delete", "keep"]
 
 
@@ -95,6 +104,9 @@ class ServerSessionInterface(SessionInterface):
             await asyncio.wait([pending])
         try:
             opened = await self.saver.load(cookie, id_hash)
+        except TableMissing as error:
+            logger.error("session %s cannot be loaded: %s", log_id(id_hash), error)
+            return await self.make_null_session(app)
         except STORE_ERRORS as error:
             logger.error(
                 "session store unavailable while loading session %s: %s",
@@ -119,14 +131,22 @@ class ServerSessionInterface(SessionInterface):
         still stored, but no cookie can be sent."""
         if not isinstance(session, ServerSession) or self.is_null_session(session):
             return
+        if session.unstorable:
+            # The error response of a failed save is saved too (Quart finalizes it):
+            # the error was raised and logged once already.
+            return
         if response is not None and session.read_by_app:
             _vary_on_cookie(response)
-        plaintext = self.saver.plan(
-            session.loaded,
-            session.contents(),
-            modified=session.modified,
-            regenerate=session.regenerate_requested,
-        )
+        try:
+            plaintext = self.saver.plan(
+                session.loaded,
+                session.contents(),
+                modified=session.modified,
+                regenerate=session.regenerate_requested,
+            )
+        except _CONTENT_ERRORS:
+            session.mark_unstorable()
+            raise
         if plaintext is False:
             # The common read-only request: no statement, so no task either.
             if response is not None and self._cookie_action(app, session, None) == "set":
@@ -175,6 +195,9 @@ class ServerSessionInterface(SessionInterface):
             if response is not None:
                 _replace_with_unavailable(response)
             return
+        except _CONTENT_ERRORS:
+            session.mark_unstorable()
+            raise
         session.apply_save(outcome)
         if response is None:
             return
@@ -294,5 +317,7 @@ def _replace_with_unavailable(response: AnyResponse) -> None:
 def _log_save_failure(error: BaseException) -> None:
     if isinstance(error, SaveConflict):
         logger.error("session save abandoned: %s", error)
+    elif isinstance(error, TableMissing):
+        logger.error("session not saved: %s", error)
     else:
         logger.error("session store unavailable while saving: %s", describe_error(error))

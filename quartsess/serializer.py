@@ -53,12 +53,34 @@ class SessionSerializer(TaggedJSONSerializer):
             # cannot be encoded and is reported like any other unstorable value.
             return text.encode("utf-8")
         except (TypeError, ValueError) as error:
-            raise SessionNotSerializable(
-                f"session values must be JSON types, tuples, bytes, datetimes, UUIDs or "
-                f"Markup: {error}"
-            ) from error
+            path, kind = self._first_unstorable(value, "") or ("", type(error).__name__)
+            raise SessionNotSerializable(path, kind) from error
         except RecursionError:
-            raise SessionNotSerializable("the session is nested too deeply to store") from None
+            raise SessionNotSerializable("", "nesting too deep to store") from None
+
+    def _first_unstorable(self, value: Any, path: str) -> tuple[str, str] | None:
+        """Where in ``value`` the first value this serializer cannot store is, and its
+        type: ``("['cart'][2]", "set")``."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str | int | float | bool | type(None)):
+                    return f"{path}[{key!r}]", f"key of type {type(key).__name__}"
+                found = self._first_unstorable(item, f"{path}[{key!r}]")
+                if found:
+                    return found
+            return None
+        if isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                found = self._first_unstorable(item, f"{path}[{index}]")
+                if found:
+                    return found
+            return None
+        try:
+            json.dumps(self.tag(value), ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError):
+            kind = type(value).__name__
+            return path, "str that is not valid Unicode" if kind == "str" else kind
+        return None
 
     def _is_plain(self, value: Any) -> bool:
         """Whether ``value`` holds only exact JSON types and no dict that looks tagged."""

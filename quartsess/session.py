@@ -24,6 +24,7 @@ class _State:
     regenerate_requested: bool = False
     cleared: bool = False
     read: bool = False
+    unstorable: bool = False
 
 
 class ServerSession(CallbackDict[str, Any], SessionMixin):
@@ -97,6 +98,15 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         """Whether the app read or changed the session (so the response varies on the
         cookie). quartsess's own record: frameworks may set ``accessed`` themselves."""
         return self._state.read
+
+    @property
+    def unstorable(self) -> bool:
+        """Whether a save of this session already failed for its content (too large, or
+        a value that cannot be serialized): a second attempt fails the same way."""
+        return self._state.unstorable
+
+    def mark_unstorable(self) -> None:
+        self._state.unstorable = True
 
     def contents(self) -> dict[str, Any]:
         """A copy of the data, without counting as a read."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -152,13 +153,26 @@ async def test_an_app_serves_from_the_migrated_table_without_creating_it(
 
 
 async def test_without_the_table_and_creation_off_session_requests_get_503(
-    make_app: AppFactory,
+    make_app: AppFactory, table_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Said once at start-up, in one line, with what creates the table; requests that
+    need the session get 503 and their log line says "table missing", not "unavailable"."""
     app = add_routes(make_app(SESSION_CREATE_TABLE=False, SESSION_PRUNE_INTERVAL=0))
 
-    async with app.test_app() as test_app:
-        response = await test_app.test_client().get("/visits")
-        assert response.status_code == 503
+    with caplog.at_level(logging.INFO, logger="quartsess"):
+        async with app.test_app() as test_app:
+            [startup] = [r.getMessage() for r in caplog.records]
+            assert startup.startswith(f"table missing: the sessions table {table_name!r}")
+            assert "quart sessions migrate" in startup and "\n" not in startup
+            caplog.clear()
+            client = test_app.test_client()
+            assert (await client.get("/static-page")).status_code == 200
+            await client.post("/set", json={"n": 1})  # no cookie: stored? the table is missing
+            response = await client.get("/visits", headers={"Cookie": "session=" + "A" * 43})
+            assert response.status_code == 503
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages and all("table missing" in m for m in messages), messages
+    assert not [m for m in messages if "unavailable" in m]
 
 
 async def test_the_alembic_command_upgrades_and_downgrades(tmp_path: Path, table_name: str) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
+from quartsess.errors import TableMissing
 from quartsess.stores.base import StoredSession
 from quartsess.stores.sql import SqlStore
 
@@ -40,7 +42,8 @@ async def test_workers_creating_the_table_at_once_do_not_crash(
 async def test_table_creation_can_be_turned_off(db_url: str, table_name: str) -> None:
     store = SqlStore.from_url(make_url(db_url), table_name, {})
     try:
-        await store.prepare(create_table=False)
+        with pytest.raises(TableMissing, match="quart sessions migrate"):
+            await store.prepare(create_table=False)
 
         async def exists(connection: object) -> bool:
             return await connection.run_sync(  # type: ignore[attr-defined, no-any-return]

@@ -60,8 +60,9 @@ class SessionStore(Protocol):
         ...
 
     async def prepare(self, *, create_table: bool) -> None:
-        """Check that the database answers and, if asked, create the table when missing.
-        Cheap after the first success; safe when several workers start at once."""
+        """Check that the database answers and, if asked, create the table when missing
+        (otherwise raise :class:`~quartsess.TableMissing` when it is). Cheap after
+        the first success; safe when several workers start at once."""
         ...
 
     async def load(self, id_hash: str) -> StoredSession | None:

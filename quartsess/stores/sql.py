@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..errors import TableMissing
 from ..schema import build_table
 from .base import StoredSession, StoreStats
 from .connections import Connections, create_engine, effective_connect_args
@@ -139,8 +140,9 @@ class SqlStore:
             return
         if create_table:
             await self.run(self._create_table)
-        else:
-            await self.run(lambda c: c.execute(text("SELECT 1")))
+        elif not await self.table_exists():
+            url = self.engine.url.render_as_string(hide_password=True)
+            raise TableMissing(self.table.name, url)
         self._ready = True
 
     async def _create_table(self, connection: AsyncConnection) -> None:

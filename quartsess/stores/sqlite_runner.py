@@ -18,6 +18,9 @@ from .statements import CompiledStatement, Row
 logger = logging.getLogger("quartsess")
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: The write-ahead log is cut back to this size whenever it restarts after a complete
+#: checkpoint, so a burst of writes does not leave a large file behind.
+JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
 
 
 class SqliteRunner:
@@ -74,6 +77,7 @@ class SqliteRunner:
     def _open_both(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         directory = os.path.dirname(os.path.abspath(self._database))
         os.makedirs(directory, exist_ok=True)
+        create_private_file(self._database)
         waiting = self._open(self._busy_timeout_ms)
         inline = self._open(0)
         inline.execute("PRAGMA wal_autocheckpoint = 0")  # see the class docstring
@@ -163,12 +167,14 @@ class SqliteRunner:
 
 
 def configure_sqlite(dbapi_connection: Any, busy_timeout_ms: int) -> None:
-    """A busy timeout and ``synchronous=NORMAL`` (safe in WAL) on any DB-API connection.
+    """A busy timeout, ``synchronous=NORMAL`` (safe in WAL) and a WAL size limit on any
+    DB-API connection.
     The file itself is put in WAL mode by :func:`use_wal`, once, before this runs."""
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
     finally:
         cursor.close()
 
@@ -239,6 +245,7 @@ def prepare_sqlite_file(database: str, is_uri: bool) -> None:
     """Create the file's directory and put the file in WAL mode (blocks: run on a thread)."""
     if not is_uri:
         os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+        create_private_file(database)
     try:
         connection = sqlite3.connect(database, uri=is_uri, timeout=0, isolation_level=None)
         try:
@@ -247,3 +254,16 @@ def prepare_sqlite_file(database: str, is_uri: bool) -> None:
             connection.close()
     except sqlite3.Error as error:
         raise StoreError(f"cannot open the SQLite database: {error}") from error
+
+
+def create_private_file(database: str) -> None:
+    """Create the database file readable and writable by its owner only, if it is not
+    there yet (SQLite gives its -wal and -shm files the same permissions). Sessions are
+    encrypted, but the file also tells who is logged in and when."""
+    try:
+        descriptor = os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as error:
+        raise StoreError(f"cannot create the SQLite database: {error}") from error
+    os.close(descriptor)
