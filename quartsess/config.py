@@ -332,21 +332,25 @@ def _database_url(config: Mapping[str, Any], instance_path: str) -> URL:
             "is not a database URL; expected e.g. sqlite+aiosqlite:///path/sessions.db or "
             "postgresql+asyncpg://user@host/db",
         ) from None
+    problem = unsupported_url_problem(url)
+    if problem is not None:
+        raise ConfigurationError("SESSION_DB_URL", problem)
+    return url
+
+
+def unsupported_url_problem(url: URL) -> str | None:
+    """What is wrong with ``url`` for quartsess (an unsupported database, or not one of its
+    async drivers) and what to write instead; ``None`` when it is usable."""
     backend = url.get_backend_name()
     if backend not in _DRIVERS_BY_BACKEND:
-        raise ConfigurationError(
-            "SESSION_DB_URL",
-            f"database {backend!r} is not supported; use sqlite, postgresql, mysql or mariadb",
-        )
+        return f"database {backend!r} is not supported; use sqlite, postgresql, mysql or mariadb"
     drivers, install = _DRIVERS_BY_BACKEND[backend]
-    explicit_driver = url.drivername.partition("+")[2]
-    if explicit_driver not in drivers:
-        raise ConfigurationError(
-            "SESSION_DB_URL",
-            f"{backend} needs an async driver: write {backend}+{drivers[0]}://... "
-            f"(install it with: {install})",
-        )
-    return url
+    if url.drivername.partition("+")[2] in drivers:
+        return None
+    return (
+        f"{backend} needs an async driver: write {backend}+{drivers[0]}://... "
+        f"(install it with: {install})"
+    )
 
 
 # The pruner holds one PostgreSQL connection for its lock and deletes on another; requests
