@@ -48,7 +48,8 @@ async def test_a_table_left_by_a_test_fails_the_run_and_other_runs_tables_are_le
     leaked = unique_table("qs_leak")
     # Named like the library's default table, made by "someone else" during the run.
     other = f"quart_sessions_other_{uuid.uuid4().hex[:12]}"
-    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    ini = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+    (tmp_path / "pytest.ini").write_text(ini)
     (tmp_path / "test_leaky.py").write_text(LEAKY_TEST)
     env = {**os.environ, "LEAK_BACKEND": backend, "LEAK_TABLE": leaked, "OTHER_TABLE": other}
     try:
