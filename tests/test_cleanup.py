@@ -17,7 +17,7 @@ from tests.tables import drop_tables_of, table_names, unique_table
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 120
 
-LEAKY_TEST = '''
+LEAKY_TEST = """
 import asyncio, os
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -37,7 +37,7 @@ def test_leaves_its_table_and_sees_another_runs_table_appear():
         await engine.dispose()
 
     asyncio.run(create())
-'''
+"""
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
