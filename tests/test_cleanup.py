@@ -10,6 +10,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import require_server
 from tests.tables import drop_tables_of, table_names, unique_table
@@ -74,3 +76,29 @@ async def test_a_table_left_by_a_test_fails_the_run_and_other_runs_tables_are_le
         await drop_tables_of(url, leaked)
         await drop_tables_of(url, other)
     assert not {leaked, other} & await table_names(url)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+async def test_a_tests_cleanup_drops_its_table_and_the_tables_derived_from_it_only(
+    backend: str,
+) -> None:
+    """What the db_url fixture runs after each test: ``<table>_alembic_version`` (or a table
+    renamed to ``<table>_away`` by a test that failed half-way) goes too; a neighbour whose
+    name merely starts alike stays."""
+    url = await require_server(backend)
+    name = unique_table()
+    derived = [name, f"{name}_alembic_version", f"{name}_away"]
+    neighbour = f"{name}x"  # another name, not derived from this one
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            for table in [*derived, neighbour]:
+                await connection.execute(text(f"CREATE TABLE {table} (x INTEGER)"))
+        await drop_tables_of(url, name)
+        left = await table_names(url)
+        assert not set(derived) & left
+        assert neighbour in left
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(text(f"DROP TABLE IF EXISTS {neighbour}"))
+        await engine.dispose()
