@@ -61,16 +61,15 @@ QUART_SESSION_KEYS = QUART_KEYS | {
 }
 
 _SQL_STORE = (
-    "quartsess keeps sessions in SQL: set SESSION_DB_URL (default: a SQLite file in the "
-    "instance folder)"
+    "sessions live in SQL: set SESSION_DB_URL (default: a SQLite file in the instance folder)"
 )
 _ASYNC_URL = (
     "set SESSION_DB_URL to the database's URL with an async driver (e.g. "
     "postgresql+asyncpg://...); quartsess makes its own engine (SESSION_ENGINE_OPTIONS)"
 )
 _NO_PINNING = (
-    "quartsess does not pin a session to the client's IP address; call session.regenerate() "
-    "on login and consider SESSION_ABSOLUTE_TIMEOUT"
+    "sessions are not pinned to the client's IP address; call session.regenerate() on "
+    "login and consider SESSION_ABSOLUTE_TIMEOUT"
 )
 # Settings of Flask-Session and Quart-Session -> what to do instead with quartsess.
 FOREIGN_KEYS: Mapping[str, str] = {
@@ -247,7 +246,7 @@ def setting_warnings(config: Iterable[str]) -> list[str]:
     """One start-up warning per foreign or misspelled key of an ``app.config``."""
     keys = list(config)
     return [
-        f"{key} is a Flask-Session/Quart-Session setting, which quartsess does not read: {advice}"
+        f"{key} is a Flask-Session/Quart-Session setting, ignored by quartsess; {advice}"
         for key, advice in foreign_keys(keys)
     ] + [
         f"{key} is not a setting quartsess or Quart knows; did you mean {suggestion}?"
