@@ -24,7 +24,7 @@ from sqlalchemy import MetaData, pool
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from quartsess.config import DEFAULT_SQLITE_FILE, DEFAULT_TABLE
+from quartsess.config import DEFAULT_SQLITE_FILE, DEFAULT_TABLE, unsupported_url_problem
 from quartsess.schema import build_table
 
 config = context.config
@@ -50,10 +50,10 @@ def database_url() -> URL:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         return URL.create("sqlite+aiosqlite", database=path)
     url = make_url(raw)
-    if not url.get_dialect().is_async:
+    problem = unsupported_url_problem(url)
+    if problem is not None:
         raise SystemExit(
-            f"quartsess's migrations run through an async driver, like the app: write "
-            f"{url.get_backend_name()}+asyncpg://, +asyncmy:// or +aiosqlite:// "
+            f"quartsess's migrations run through an async driver, like the app: {problem} "
             f"(got {url.render_as_string(hide_password=True)})"
         )
     return url

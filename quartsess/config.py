@@ -53,6 +53,76 @@ QUART_KEYS = frozenset(
     }
 )
 KNOWN_KEYS = OWN_KEYS | QUART_KEYS
+# Quart's other session-related settings (read by quartsess or by Quart's cookie session).
+QUART_SESSION_KEYS = QUART_KEYS | {
+    "PERMANENT_SESSION_LIFETIME",
+    "SECRET_KEY",
+    "SECRET_KEY_FALLBACKS",
+}
+
+_SQL_STORE = (
+    "sessions live in SQL: set SESSION_DB_URL (default: a SQLite file in the instance folder)"
+)
+_ASYNC_URL = (
+    "set SESSION_DB_URL to the database's URL with an async driver (e.g. "
+    "postgresql+asyncpg://...); quartsess makes its own engine (SESSION_ENGINE_OPTIONS)"
+)
+_NO_PINNING = (
+    "sessions are not pinned to the client's IP address; call session.regenerate() on "
+    "login and consider SESSION_ABSOLUTE_TIMEOUT"
+)
+# Settings of Flask-Session and Quart-Session -> what to do instead with quartsess.
+FOREIGN_KEYS: Mapping[str, str] = {
+    "SESSION_TYPE": _SQL_STORE,
+    "SESSION_REDIS": _SQL_STORE,
+    "SESSION_URI": _SQL_STORE,
+    "SESSION_MEMCACHED": _SQL_STORE,
+    "SESSION_MEMCACHED_HOST": _SQL_STORE,
+    "SESSION_MEMCACHED_PORT": _SQL_STORE,
+    "SESSION_MONGODB": _SQL_STORE,
+    "SESSION_MONGODB_URI": _SQL_STORE,
+    "SESSION_MONGODB_DB": _SQL_STORE,
+    "SESSION_MONGODB_COLLECT": _SQL_STORE,
+    "SESSION_MONGODB_COLLECTION": _SQL_STORE,
+    "SESSION_MONGODB_CLIENT_KWARGS": _SQL_STORE,
+    "SESSION_MONGODB_SET_CALLBACK": _SQL_STORE,
+    "SESSION_DYNAMODB": _SQL_STORE,
+    "SESSION_DYNAMODB_TABLE_NAME": _SQL_STORE,
+    "SESSION_CACHELIB": _SQL_STORE,
+    "SESSION_FILE_DIR": _SQL_STORE,
+    "SESSION_FILE_THRESHOLD": _SQL_STORE,
+    "SESSION_FILE_MODE": _SQL_STORE,
+    "SESSION_SQLALCHEMY": _ASYNC_URL,
+    "SESSION_SQLALCHEMY_BIND_KEY": _ASYNC_URL,
+    "SESSION_SQLALCHEMY_TABLE": "use SESSION_TABLE (a new table: its layout differs)",
+    "SESSION_SQLALCHEMY_SCHEMA": (
+        "not supported: the table is in the connection's default schema; name it with SESSION_TABLE"
+    ),
+    "SESSION_SQLALCHEMY_SEQUENCE": "not needed: rows are keyed by the ID's hash, no sequence",
+    "SESSION_PERMANENT": (
+        "set session.permanent = True in a view, as with Quart's cookie session (by default "
+        "the cookie lasts the browser session; the row expires after SESSION_IDLE_TIMEOUT "
+        "either way)"
+    ),
+    "SESSION_USE_SIGNER": (
+        "not needed: cookie IDs are 256-bit random values the server issued, stored only as hashes"
+    ),
+    "SESSION_ID_LENGTH": "not needed: cookie IDs are always 256-bit random values",
+    "SESSION_KEY_PREFIX": "not needed: each app names its own table with SESSION_TABLE",
+    "SESSION_SERIALIZATION_FORMAT": "not needed: always Quart's tagged JSON, never pickle",
+    "SESSION_CLEANUP_N_REQUESTS": (
+        "use SESSION_PRUNE_INTERVAL (seconds): a background task deletes expired rows, one "
+        "worker at a time"
+    ),
+    "SESSION_EXPLICIT": "not needed: a new session is stored only once something is put in it",
+    "SESSION_STATIC_FILE": (
+        "not needed: a new session is stored, and its cookie sent, only once something is put in it"
+    ),
+    "SESSION_PROTECTION": _NO_PINNING,
+    "SESSION_HIJACK_PROTECTION": _NO_PINNING,
+    "SESSION_REVERSE_PROXY": "not needed: quartsess does not read the client's address",
+    "SESSION_HIJACK_REVERSE_PROXY": "not needed: quartsess does not read the client's address",
+}
 
 # backend -> (async drivers SQLAlchemy supports for it, how to install the first)
 _DRIVERS_BY_BACKEND = {
@@ -153,14 +223,35 @@ class SessionConfig:
 
 
 def misspelled_keys(config: Iterable[str]) -> list[tuple[str, str]]:
-    """``(unknown, suggestion)`` for SESSION_* keys that look like typos of known ones."""
+    """``(unknown, suggestion)`` for keys that look like typos of quartsess's settings or of
+    Quart's session-related ones (``PERMANENT_SESSION_LIFETIM``)."""
+    known = KNOWN_KEYS | QUART_SESSION_KEYS
     found = []
     for key in config:
-        if key.startswith("SESSION_") and key not in KNOWN_KEYS:
-            close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1, cutoff=0.8)
-            if close:
-                found.append((key, close[0]))
+        if key in known or key in FOREIGN_KEYS or not ("SESSION" in key or "SECRET" in key):
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+        if close:
+            found.append((key, close[0]))
     return found
+
+
+def foreign_keys(config: Iterable[str]) -> list[tuple[str, str]]:
+    """``(setting, advice)`` for settings of Flask-Session or Quart-Session: what quartsess
+    does instead."""
+    return [(key, FOREIGN_KEYS[key]) for key in config if key in FOREIGN_KEYS]
+
+
+def setting_warnings(config: Iterable[str]) -> list[str]:
+    """One start-up warning per foreign or misspelled key of an ``app.config``."""
+    keys = list(config)
+    return [
+        f"{key} is a Flask-Session/Quart-Session setting, ignored by quartsess; {advice}"
+        for key, advice in foreign_keys(keys)
+    ] + [
+        f"{key} is not a setting quartsess or Quart knows; did you mean {suggestion}?"
+        for key, suggestion in misspelled_keys(keys)
+    ]
 
 
 def _encryption_keys(config: Mapping[str, Any]) -> list[bytes]:
@@ -240,21 +331,25 @@ def _database_url(config: Mapping[str, Any], instance_path: str) -> URL:
             "is not a database URL; expected e.g. sqlite+aiosqlite:///path/sessions.db or "
             "postgresql+asyncpg://user@host/db",
         ) from None
+    problem = unsupported_url_problem(url)
+    if problem is not None:
+        raise ConfigurationError("SESSION_DB_URL", problem)
+    return url
+
+
+def unsupported_url_problem(url: URL) -> str | None:
+    """What is wrong with ``url`` for quartsess (an unsupported database, or not one of its
+    async drivers) and what to write instead; ``None`` when it is usable."""
     backend = url.get_backend_name()
     if backend not in _DRIVERS_BY_BACKEND:
-        raise ConfigurationError(
-            "SESSION_DB_URL",
-            f"database {backend!r} is not supported; use sqlite, postgresql, mysql or mariadb",
-        )
+        return f"database {backend!r} is not supported; use sqlite, postgresql, mysql or mariadb"
     drivers, install = _DRIVERS_BY_BACKEND[backend]
-    explicit_driver = url.drivername.partition("+")[2]
-    if explicit_driver not in drivers:
-        raise ConfigurationError(
-            "SESSION_DB_URL",
-            f"{backend} needs an async driver: write {backend}+{drivers[0]}://... "
-            f"(install it with: {install})",
-        )
-    return url
+    if url.drivername.partition("+")[2] in drivers:
+        return None
+    return (
+        f"{backend} needs an async driver: write {backend}+{drivers[0]}://... "
+        f"(install it with: {install})"
+    )
 
 
 # The pruner holds one PostgreSQL connection for its lock and deletes on another; requests

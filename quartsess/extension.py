@@ -10,7 +10,7 @@ from weakref import WeakKeyDictionary
 
 from .cli import sessions_cli
 from .codec import PayloadCodec
-from .config import SessionConfig, check_driver_installed, misspelled_keys
+from .config import SessionConfig, check_driver_installed, setting_warnings
 from .errors import TableMissing, describe_error
 from .interface import ServerSessionInterface
 from .pruner import Pruner
@@ -66,12 +66,8 @@ class Session:
         Raises :class:`~quartsess.ConfigurationError` naming the setting to fix."""
         config = SessionConfig.from_mapping(app.config, instance_path=app.instance_path)
         check_driver_installed(config.db_url)
-        for unknown, suggestion in misspelled_keys(app.config):
-            logger.warning(
-                "%s is not a setting quartsess or Quart knows; did you mean %s?",
-                unknown,
-                suggestion,
-            )
+        for warning in setting_warnings(app.config):
+            logger.warning("%s", warning)
         store = self.make_store(config)
         codec = self.codec_class(config.encryption_keys, config.max_bytes, self.serializer_class())
         interface = self.interface_class(store=store, codec=codec, config=config, clock=self._clock)

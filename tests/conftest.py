@@ -5,13 +5,15 @@ PostgreSQL and MariaDB tests run against real servers. Their URLs come from
 QUARTSESS_TEST_POSTGRES_URL / QUARTSESS_TEST_MARIADB_URL (defaults: the loopback servers
 of the project's machines). A server that does not answer skips its tests with a reason,
 except when CI=true, where it fails them.
+
+Server tables get names from ``tests.tables.unique_table``; at the end of the run, a table
+of this run still on a server fails the run (see ``pytest_sessionfinish``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from quartsess import Session
+from tests import tables
 
 SERVER_URLS = {
     "postgresql": os.environ.get(
@@ -36,6 +39,7 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 SECRET = "test-secret-key-0123456789abcdef"
 
 _reachability: dict[str, str | None] = {}
+_tables_at_start: dict[str, set[str]] = {}  # of each server this run used, at first use
 
 
 async def _server_problem(backend: str) -> str | None:
@@ -47,6 +51,7 @@ async def _server_problem(backend: str) -> str | None:
                 async with engine.connect() as connection:
                     await connection.execute(text("SELECT 1"))
             _reachability[backend] = None
+            _tables_at_start[backend] = await tables.table_names(SERVER_URLS[backend])
         except Exception as error:  # any failure means "not usable here"
             _reachability[backend] = f"{type(error).__name__}: {error}".splitlines()[0]
         finally:
@@ -77,7 +82,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def table_name() -> str:
-    return f"qs_test_{uuid.uuid4().hex[:12]}"
+    return tables.unique_table()
 
 
 @pytest.fixture
@@ -88,9 +93,7 @@ async def db_url(backend: str, tmp_path: Path, table_name: str) -> AsyncIterator
         return
     url = await require_server(backend)
     yield url
-    from tests.support import drop_table
-
-    await drop_table(url, table_name)
+    await tables.drop_tables_of(url, table_name)
 
 
 class FakeClock:
@@ -131,3 +134,42 @@ def make_app(db_url: str, table_name: str, clock: FakeClock) -> Iterator[AppFact
         return app
 
     yield factory
+
+
+def _left_behind() -> tuple[list[str], list[str]]:
+    """Server tables this run generated and left (``backend: table``), and new tables named
+    like the library's default one, which this run or a parallel one made."""
+    ours: list[str] = []
+    unsure: list[str] = []
+    for backend, before in _tables_at_start.items():
+        now = asyncio.run(tables.table_names(SERVER_URLS[backend]))
+        ours += [f"{backend}: {table}" for table in tables.ours(now, tables.GENERATED)]
+        unsure += [f"{backend}: {table}" for table in tables.project_named(now - before)]
+    return ours, unsure
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a test left one of this run's tables on a server."""
+    if not _tables_at_start:
+        return
+    ours, unsure = _left_behind()
+    session.config.stash[_LEFT_BEHIND] = (ours, unsure)
+    if ours and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    ours, unsure = terminalreporter.config.stash.get(_LEFT_BEHIND, ([], []))
+    if ours:
+        terminalreporter.section("server tables left behind", red=True)
+        terminalreporter.line("this run made these tables and did not drop them (run fails):")
+        for line in ours:
+            terminalreporter.line(f"  {line}")
+    if unsure:
+        terminalreporter.section("new tables named like quart_sessions", yellow=True)
+        terminalreporter.line("absent when this run started; this run or a parallel one made them:")
+        for line in unsure:
+            terminalreporter.line(f"  {line}")
+
+
+_LEFT_BEHIND = pytest.StashKey[tuple[list[str], list[str]]]()

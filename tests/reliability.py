@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from quartsess.keys import derive_fernet_key
 from tests.load import LoadReport, run_load
 from tests.proxy import ThreadedProxy
 from tests.servers import Server, hypercorn_server, server_env, stop
-from tests.support import drop_table
+from tests.tables import drop_tables_of, unique_table
 
 SECRET = "reliability-secret-key-0123456789"
 APPLICATION = "tests.loadapp:create_app()"
@@ -121,14 +120,14 @@ async def mixed_load(
     workdir: Path, db_url: str, *, workers: int, clients: int, duration: float, name: str
 ) -> Outcome:
     """Many users, several workers, no faults."""
-    table = f"qs_load_{uuid.uuid4().hex[:10]}"
+    table = unique_table("qs_load")
     try:
         report, problems = await serve_and_load(
             workdir, db_url, table, workers=workers, name=name, clients=clients, duration=duration
         )
     finally:
         if not db_url.startswith("sqlite"):
-            await drop_table(db_url, table)
+            await drop_tables_of(db_url, table)
     return Outcome(name, workers, report, problems=problems)
 
 
@@ -142,7 +141,7 @@ async def postgres_outage(
     proxy = ThreadedProxy(url.host or "127.0.0.1", url.port or 5432)
     proxy.start()
     through_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
-    table = f"qs_outage_{uuid.uuid4().hex[:10]}"
+    table = unique_table("qs_outage")
     notes: dict[str, Any] = {}
 
     async def fault() -> None:
@@ -165,7 +164,7 @@ async def postgres_outage(
         )
     finally:
         proxy.close()
-        await drop_table(pg_url, table)
+        await drop_tables_of(pg_url, table)
     return Outcome("PostgreSQL outage mid-load", workers, report, notes, problems)
 
 
@@ -175,7 +174,7 @@ async def postgres_restart(
     """PostgreSQL itself restarted mid-load (``pg_ctlcluster ... restart``, as root on the
     machine that runs it). Disrupts every other user of that server: long runs only."""
     cluster = _local_cluster()
-    table = f"qs_restart_{uuid.uuid4().hex[:10]}"
+    table = unique_table("qs_restart")
     notes: dict[str, Any] = {}
 
     async def fault() -> None:
@@ -201,7 +200,7 @@ async def postgres_restart(
             expected_in_log=(OUTAGE_LINE,),
         )
     finally:
-        await drop_table(pg_url, table)
+        await drop_tables_of(pg_url, table)
     return Outcome("PostgreSQL restarted mid-load", workers, report, notes, problems)
 
 
@@ -266,7 +265,7 @@ async def shutdown_under_load(
 ) -> Outcome:
     """SIGTERM the server while users keep sending requests: it must stop within the
     graceful timeout, with nothing left pending or unclosed."""
-    table = f"qs_shutdown_{uuid.uuid4().hex[:10]}"
+    table = unique_table("qs_shutdown")
     notes: dict[str, Any] = {}
     try:
         with load_server(workdir, db_url, table, workers, "shutdown") as server:
@@ -286,5 +285,5 @@ async def shutdown_under_load(
             problems = log_problems(server.output())
     finally:
         if not db_url.startswith("sqlite"):
-            await drop_table(db_url, table)
+            await drop_tables_of(db_url, table)
     return Outcome("Shutdown under load", workers, report, notes, problems)

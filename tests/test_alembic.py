@@ -225,12 +225,29 @@ async def test_offline_mode_prints_the_sql(table_name: str) -> None:
     assert f"CREATE INDEX ix_{table_name}_expires_at" in sql
 
 
-async def test_a_sync_driver_url_is_refused_with_a_clear_message() -> None:
+@pytest.mark.parametrize(
+    ("url", "write", "install"),
+    [
+        ("postgresql://nobody@127.0.0.1/none", "postgresql+asyncpg://", "quartsess[postgresql]"),
+        ("postgresql+psycopg2://nobody@127.0.0.1/none", "postgresql+asyncpg://", "[postgresql]"),
+        ("mysql+pymysql://root@127.0.0.1/none", "mysql+asyncmy://", "quartsess[mysql]"),
+        ("mariadb://root@127.0.0.1/none", "mariadb+asyncmy://", "quartsess[mysql]"),
+        ("sqlite:///none.sqlite3", "sqlite+aiosqlite://", "pip install quartsess"),
+    ],
+)
+async def test_a_sync_driver_url_is_refused_naming_the_driver_to_write(
+    url: str, write: str, install: str
+) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"),
-        "-x", "url=postgresql://nobody@127.0.0.1/none", "upgrade", "head",
+        "-x", f"url={url}", "upgrade", "head",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    output, _ = await process.communicate()
+    output = (await process.communicate())[0].decode()
     assert process.returncode != 0
-    assert b"async driver" in output
+    *_, last = output.strip().splitlines()
+    assert last.startswith("quartsess's migrations run through an async driver"), output
+    assert f"write {write}..." in last and install in last, last
+    rest = last.replace(write, "")
+    assert not [driver for driver in ("+asyncpg", "+asyncmy", "+aiosqlite") if driver in rest]
+    assert "Traceback" not in output

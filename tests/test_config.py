@@ -11,6 +11,7 @@ import pytest
 from quart import Quart
 
 from quartsess import ConfigurationError, Session, SessionConfig, generate_key
+from quartsess.config import FOREIGN_KEYS
 
 SQLITE = "sqlite+aiosqlite:///{}"
 
@@ -138,6 +139,85 @@ def test_misspelled_settings_are_reported(tmp_path: Path, caplog: pytest.LogCapt
     assert any("SESSION_IDLE_TIMOUT" in m and "SESSION_IDLE_TIMEOUT?" in m for m in messages)
     assert any("SESSION_TABEL" in m and "SESSION_TABLE?" in m for m in messages)
     assert not any("SESSION_MY_OWN_THING" in m for m in messages)
+
+
+# Flask-Session and Quart-Session settings -> a word the warning must name.
+FOREIGN = {
+    "SESSION_TYPE": "SESSION_DB_URL",
+    "SESSION_PERMANENT": "session.permanent",
+    "SESSION_USE_SIGNER": "not needed",
+    "SESSION_KEY_PREFIX": "SESSION_TABLE",
+    "SESSION_REDIS": "SESSION_DB_URL",
+    "SESSION_URI": "SESSION_DB_URL",
+    "SESSION_MEMCACHED": "SESSION_DB_URL",
+    "SESSION_MONGODB": "SESSION_DB_URL",
+    "SESSION_MONGODB_URI": "SESSION_DB_URL",
+    "SESSION_MONGODB_COLLECT": "SESSION_DB_URL",
+    "SESSION_FILE_DIR": "SESSION_DB_URL",
+    "SESSION_CACHELIB": "SESSION_DB_URL",
+    "SESSION_DYNAMODB": "SESSION_DB_URL",
+    "SESSION_SQLALCHEMY": "SESSION_DB_URL",
+    "SESSION_SQLALCHEMY_TABLE": "SESSION_TABLE",
+    "SESSION_SQLALCHEMY_SCHEMA": "not supported",
+    "SESSION_ID_LENGTH": "256-bit",
+    "SESSION_SERIALIZATION_FORMAT": "tagged JSON",
+    "SESSION_CLEANUP_N_REQUESTS": "SESSION_PRUNE_INTERVAL",
+    "SESSION_EXPLICIT": "not needed",
+    "SESSION_PROTECTION": "regenerate",
+    "SESSION_REVERSE_PROXY": "not needed",
+}
+
+
+def warnings_for(tmp_path: Path, caplog: pytest.LogCaptureFixture, **config: Any) -> list[str]:
+    app = build(tmp_path, **config)
+    with caplog.at_level(logging.WARNING, logger="quartsess"):
+        Session(app)
+    return [r.getMessage() for r in caplog.records if r.name == "quartsess"]
+
+
+@pytest.mark.parametrize(("setting", "equivalent"), FOREIGN.items())
+def test_a_flask_session_or_quart_session_setting_gets_its_quartsess_equivalent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, setting: str, equivalent: str
+) -> None:
+    messages = warnings_for(tmp_path, caplog, **{setting: "x"})
+    assert len(messages) == 1, messages
+    (message,) = messages
+    assert message.startswith(f"{setting} is a Flask-Session/Quart-Session setting")
+    assert equivalent in message
+    assert "did you mean" not in message
+
+
+def test_every_foreign_setting_in_the_table_gets_one_warning_and_no_guess(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    messages = warnings_for(tmp_path, caplog, **dict.fromkeys(FOREIGN_KEYS, "x"))
+    assert len(messages) == len(FOREIGN_KEYS) >= len(FOREIGN)
+    for setting in FOREIGN_KEYS:
+        assert [m for m in messages if m.startswith(f"{setting} ")], setting
+    assert not any("did you mean" in m for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("PERMANENT_SESSION_LIFETIM", "PERMANENT_SESSION_LIFETIME"),
+        ("SECRET_KEY_FALLBACK", "SECRET_KEY_FALLBACKS"),
+        ("SESSION_COOKIE_SAMESIT", "SESSION_COOKIE_SAMESITE"),
+        ("SESSION_REFRESH_EACH_REQUESTS", "SESSION_REFRESH_EACH_REQUEST"),
+    ],
+)
+def test_typos_of_quarts_own_session_settings_are_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, typo: str, meant: str
+) -> None:
+    messages = warnings_for(tmp_path, caplog, **{typo: 1})
+    assert messages == [f"{typo} is not a setting quartsess or Quart knows; did you mean {meant}?"]
+
+
+def test_other_settings_of_the_app_are_not_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = {"SQLALCHEMY_DATABASE_URI": "x", "MAX_CONTENT_LENGTH": 1, "MY_API_SECRET": "x"}
+    assert warnings_for(tmp_path, caplog, **other) == []
 
 
 async def test_insecure_cookie_settings_are_warned_about_outside_debug(

@@ -25,7 +25,7 @@ from quart import Quart
 from quart import session as quart_session
 
 import quartsess
-from quartsess.config import OWN_KEYS, QUART_KEYS
+from quartsess.config import FOREIGN_KEYS, OWN_KEYS, QUART_KEYS
 from tests.conftest import SECRET
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, require_chromium
 
@@ -228,6 +228,58 @@ async def test_the_cookie_session_adoption_snippet_carries_a_user_over(tmp_path:
         assert any(c.startswith("sid=") for c in cookies), cookies
         response = await client.get("/me")  # the quartsess cookie alone now
         assert await response.get_data(as_text=True) == "7"
+
+
+def _python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown, re.S)
+
+
+def _section(markdown: str, heading: str) -> str:
+    return markdown.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_testing_examples_pass_as_the_test_modules_they_are(tmp_path: Path) -> None:
+    """README's "Testing your app" and every example of docs/testing.md, each written out as
+    a test module and run by pytest (pytest-asyncio auto mode, warnings as errors)."""
+    readme = _python_blocks(_section((ROOT / "README.md").read_text(), "Testing your app"))
+    page = _python_blocks((DOCS / "testing.md").read_text())
+    assert len(readme) == 1 and len(page) == 3
+    assert readme[0] == page[0]  # the README shows the page's first example
+    for index, block in enumerate([*readme, *page]):
+        (tmp_path / f"test_example_{index}.py").write_text(block)
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+        "filterwarnings = error\n"
+    )
+    result = subprocess.run(  # noqa: S603 - fixed argument list
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 passed" in result.stdout, result.stdout  # 2 + 2 (sqlite, memory), 1, 1
+
+
+def test_every_foreign_setting_the_migration_tables_name_is_warned_about() -> None:
+    """The Flask-Session and Quart-Session settings in README's table and docs/migrating.md
+    are the ones quartsess recognises at start-up (quartsess.config.FOREIGN_KEYS)."""
+    readme = _section((ROOT / "README.md").read_text(), "Coming from another session library")
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in readme.splitlines()
+        if line.startswith("|")
+    ]
+    assert rows[0][2:4] == ["Flask-Session", "Quart-Session"]
+    named = set().union(*(_names(row[2]) | _names(row[3]) for row in rows[2:]))
+    page = (DOCS / "migrating.md").read_text()
+    for heading in ("From Flask-Session", "From Quart-Session"):
+        named |= set().union(*(_names(row[0]) for row in _table(page, heading)))
+    foreign = {name.split(" ")[0] for name in named if name.startswith("SESSION_")}
+    assert len(foreign) > 20
+    assert sorted(foreign - set(FOREIGN_KEYS)) == []
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,7 +19,7 @@ import wsproto.events as ws_events
 
 from tests.conftest import require_server
 from tests.servers import Server, hypercorn_server, server_env, stop
-from tests.support import drop_table
+from tests.tables import drop_tables_of, unique_table
 
 COOKIE = "quartsess_demo"
 TOKEN_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -226,9 +225,9 @@ async def test_two_workers_on_one_sqlite_file_and_a_restart(
 @pytest.fixture(params=["postgresql", "mariadb"])
 async def server_table(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, str]]:
     url = await require_server(request.param)
-    table = f"qs_e2e_{uuid.uuid4().hex[:12]}"
+    table = unique_table("qs_e2e")
     yield url, table
-    await drop_table(url, table)
+    await drop_tables_of(url, table)
 
 
 async def test_two_workers_on_a_database_server(
