@@ -44,7 +44,7 @@ nitpick_ignore_regex = [
     # quartsess's private modules: the public names are documented under quartsess.
     (
         "py:.*",
-        r"quartsess\.(stores\.\w+|saving|serializer|keys|clock|pruner|codec|interface|session|config|ids)\..*",
+        r"quartsess\.(stores\.\w+|users|saving|serializer|keys|clock|pruner|codec|interface|session|config|ids)\..*",
     ),
     ("py:class", r"(datetime|SansIOResponse)"),
     ("py:class", r"(Quart|Response|WerkzeugResponse|BaseRequestWebsocket|URL|SessionMixin)"),
@@ -53,6 +53,7 @@ nitpick_ignore_regex = [
     ("py:class", r"(ValuesView|ItemsView|Table|MetaData|Exception|ValueError|TypeError)"),
     ("py:class", r"(Loaded|Persist|AnyResponse|Self|AbstractAsyncContextManager|SessionConfig)"),
     ("py:class", r"(SaveOutcome|SaveResult|Row|StatementRunner|Connections|AsyncEngine)"),
+    ("py:class", r"(Client|UserSessions)"),
 ]
 
 html_theme = "furo"

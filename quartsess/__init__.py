@@ -30,6 +30,7 @@ from .keys import generate_key
 from .schema import build_table, metadata
 from .serializer import SessionSerializer
 from .session import ServerSession
+from .users import SessionInfo
 
 session = cast(ServerSession, _quart_session)
 """Quart's ``session`` proxy, typed as :class:`ServerSession` so that ``regenerate()``,
@@ -45,6 +46,7 @@ __all__ = [
     "ServerSessionInterface",
     "Session",
     "SessionConfig",
+    "SessionInfo",
     "SessionNotSerializable",
     "SessionSerializer",
     "SessionStoreUnavailable",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 import click
@@ -16,10 +18,12 @@ from .keys import generate_key
 from .migrate import migrate_cli
 from .pruner import Pruner
 from .stores.base import STORE_ERRORS, MaintainedStore
+from .users import UserSessions, user_of
 
 if TYPE_CHECKING:
     from quart import Quart
 
+    from .codec import PayloadCodec
     from .extension import Session
     from .interface import ServerSessionInterface
 
@@ -67,6 +71,49 @@ def stats_command(info: ScriptInfo) -> None:
     _run(info, stats)
 
 
+@sessions_cli.command("list")
+@click.option("--user", "user", required=True, help="The user, as SESSION_USER_KEY holds it.")
+@pass_script_info
+def list_command(info: ScriptInfo, user: str) -> None:
+    """List a user's live sessions, most recently active first."""
+
+    async def listing(interface: ServerSessionInterface, store: MaintainedStore) -> None:
+        found = await UserSessions(store, interface.codec, interface.policy, interface.clock).list(
+            user
+        )
+        click.echo(f"{len(found)} live session{'s' if len(found) != 1 else ''} of user {user!r}.")
+        for info_ in found:
+            click.echo(
+                f"{info_.handle}  created {_when(info_.created_at)}  last seen "
+                f"{_when(info_.last_seen_at)}  expires {_when(info_.expires_at)}  "
+                f"ip {info_.ip_address or '-'}  {info_.user_agent or '-'}"
+            )
+
+    _run(info, listing)
+
+
+@sessions_cli.command("revoke")
+@click.option("--user", "user", help="End every session of this user.")
+@click.option("--handle", "handle", help="End the session with this handle.")
+@pass_script_info
+def revoke_command(info: ScriptInfo, user: str | None, handle: str | None) -> None:
+    """End sessions now: all of a user's (--user), or one (--handle; with --user too,
+    only if it is that user's). Effective on their next request, in every worker."""
+    if user is None and handle is None:
+        raise click.UsageError("give --user, --handle, or both")
+
+    async def revoke(interface: ServerSessionInterface, store: MaintainedStore) -> int:
+        users = UserSessions(store, interface.codec, interface.policy, interface.clock)
+        if handle is not None:
+            return int(await users.revoke(handle, user=user))
+        return await users.revoke_all(user or "")
+
+    ended = _run(info, revoke)
+    click.echo(f"Revoked {ended} session{'s' if ended != 1 else ''}.")
+    if handle is not None and not ended:
+        raise click.exceptions.Exit(1)
+
+
 @sessions_cli.command("rotate-keys")
 @click.option(
     "--delete-unreadable",
@@ -94,19 +141,30 @@ def rotate_keys_command(info: ScriptInfo, delete_unreadable: bool, batch_size: i
         scanned = current = rotated = raced = deleted = 0
         unreadable: list[str] = []
         after = ""
+        user_key = interface.config.user_key
         while rows := await store.scan(after, batch_size):
-            after = rows[-1][0]
+            after = rows[-1].id_hash
             scanned += len(rows)
             updates = []
-            for id_hash, payload, version in rows:
-                if codec.uses_newest_key(payload):
+            for row in rows:
+                if codec.uses_newest_key(row.payload):
                     current += 1
                     continue
                 try:
-                    updates.append((id_hash, version, codec.rotate(payload)))
+                    data, _ = codec.open(row.id_hash, row.payload)
+                    user = user_of(data, user_key)
+                    updates.append(
+                        replace(
+                            row,
+                            payload=codec.rotate(row.payload),
+                            # Re-keyed too, so the user's sessions are found under the newest key.
+                            user_hash=None if user is None else codec.user_hash(user),
+                            client=None if row.client is None else _rotated(codec, row.client),
+                        )
+                    )
                 except InvalidPayload:
-                    unreadable.append(id_hash)
-                    if delete_unreadable and await store.delete_version(id_hash, version):
+                    unreadable.append(row.id_hash)
+                    if delete_unreadable and await store.delete_version(row.id_hash, row.version):
                         deleted += 1
             done = await store.replace_payloads(updates) if updates else 0
             rotated += done
@@ -170,6 +228,17 @@ def _run(info: ScriptInfo, work: Work[T]) -> T:
             await store.close()
 
     return asyncio.run(main())
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _rotated(codec: PayloadCodec, ciphertext: bytes) -> bytes | None:
+    try:
+        return codec.rotate(ciphertext)
+    except InvalidPayload:
+        return None  # a client record no key opens is dropped, not kept unreadable
 
 
 def _database(interface: ServerSessionInterface) -> str:

@@ -3,16 +3,22 @@ MultiFernet. Knows no database and no Quart."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import InvalidPayload, SessionTooLarge
 from .serializer import SessionSerializer
 
 _HASH_BYTES = 32
+_USER_KEY_INFO = b"quartsess user binding v1"
 
 
 class PayloadCodec:
@@ -32,6 +38,9 @@ class PayloadCodec:
             raise ValueError("at least one encryption key is required")
         self._fernet = MultiFernet([Fernet(key) for key in keys])
         self._newest = Fernet(keys[0])
+        # One HMAC key per encryption key, newest first: sessions bound before a key
+        # rotation are still found under the older ones.
+        self._user_keys = [_user_key(key) for key in keys]
         self.serializer = serializer if serializer is not None else SessionSerializer()
         self.max_bytes = max_bytes
 
@@ -72,6 +81,35 @@ class PayloadCodec:
         except (ValueError, RecursionError, UnicodeDecodeError) as error:
             raise InvalidPayload("the payload is not a valid session document") from error
 
+    def user_hash(self, user: str) -> str:
+        """The keyed hash (HMAC-SHA256, newest key) stored for ``user``: finds its rows
+        without storing who the user is."""
+        return _hmac_hex(self._user_keys[0], user)
+
+    def user_hashes(self, user: str) -> list[str]:
+        """``user``'s hash under every configured key, newest first."""
+        return [_hmac_hex(key, user) for key in self._user_keys]
+
+    def seal_client(self, id_hash: str, user_agent: str | None, ip_address: str | None) -> bytes:
+        """Encrypt what is recorded of the client, bound to the row like a payload."""
+        body = json.dumps([user_agent, ip_address], ensure_ascii=False).encode("utf-8")
+        return self._fernet.encrypt(bytes.fromhex(id_hash) + body)
+
+    def open_client(self, id_hash: str, ciphertext: bytes) -> tuple[str | None, str | None]:
+        """``(user_agent, ip_address)`` of a row; ``(None, None)`` if it does not open."""
+        try:
+            plaintext = self._fernet.decrypt(ciphertext)
+            binding, body = plaintext[:_HASH_BYTES], plaintext[_HASH_BYTES:]
+            if not hmac.compare_digest(binding, bytes.fromhex(id_hash)):
+                return None, None
+            user_agent, ip_address = json.loads(body.decode("utf-8"))
+        except (InvalidToken, TypeError, ValueError):
+            return None, None
+        return (
+            user_agent if isinstance(user_agent, str) else None,
+            ip_address if isinstance(ip_address, str) else None,
+        )
+
     def uses_newest_key(self, ciphertext: bytes) -> bool:
         """Whether ``ciphertext`` is encrypted with the newest key already."""
         try:
@@ -86,3 +124,12 @@ class PayloadCodec:
             return self._fernet.rotate(ciphertext)
         except InvalidToken as error:
             raise InvalidPayload("the payload does not decrypt with any configured key") from error
+
+
+def _user_key(fernet_key: bytes) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"quartsess", info=_USER_KEY_INFO)
+    return hkdf.derive(base64.urlsafe_b64decode(fernet_key))
+
+
+def _hmac_hex(key: bytes, user: str) -> str:
+    return hmac.new(key, user.encode("utf-8"), hashlib.sha256).hexdigest()

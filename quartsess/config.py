@@ -23,6 +23,7 @@ DEFAULT_PRUNE_INTERVAL = 300.0
 DEFAULT_MAX_BYTES = 64 * 1024
 DEFAULT_TOUCH_INTERVAL = 60
 DEFAULT_SQLITE_FILE = "quartsess.sqlite3"
+DEFAULT_USER_KEY = "user_id"
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 
 # Our settings, and Quart's own SESSION_* settings (which keep their Quart meaning).
@@ -38,6 +39,10 @@ OWN_KEYS = frozenset(
         "SESSION_PRUNE_INTERVAL",
         "SESSION_MAX_BYTES",
         "SESSION_CREATE_TABLE",
+        "SESSION_USER_KEY",
+        "SESSION_MAX_PER_USER",
+        "SESSION_ANONYMOUS_IDLE_TIMEOUT",
+        "SESSION_RECORD_CLIENT",
     }
 )
 QUART_KEYS = frozenset(
@@ -147,6 +152,10 @@ class SessionConfig:
     prune_interval: float = DEFAULT_PRUNE_INTERVAL
     max_bytes: int = DEFAULT_MAX_BYTES
     create_table: bool = True
+    user_key: str | None = DEFAULT_USER_KEY
+    max_per_user: int | None = None
+    anonymous_idle_timeout: int | None = None
+    record_client: bool = True
 
     def __repr__(self) -> str:
         return (
@@ -154,7 +163,10 @@ class SessionConfig:
             f"table={self.table!r}, keys={len(self.encryption_keys)} (hidden), "
             f"idle_timeout={self.idle_timeout}, absolute_timeout={self.absolute_timeout}, "
             f"touch_interval={self.touch_interval}, prune_interval={self.prune_interval}, "
-            f"max_bytes={self.max_bytes}, create_table={self.create_table})"
+            f"max_bytes={self.max_bytes}, create_table={self.create_table}, "
+            f"user_key={self.user_key!r}, max_per_user={self.max_per_user}, "
+            f"anonymous_idle_timeout={self.anonymous_idle_timeout}, "
+            f"record_client={self.record_client})"
         )
 
     @property
@@ -179,11 +191,20 @@ class SessionConfig:
             raise ConfigurationError(
                 "SESSION_ABSOLUTE_TIMEOUT", "must be positive, or None for no absolute limit"
             )
-        touch = _seconds(config, "SESSION_TOUCH_INTERVAL", min(DEFAULT_TOUCH_INTERVAL, idle // 2))
-        if touch is None or touch < 0 or touch >= idle:
+        anonymous = _seconds(config, "SESSION_ANONYMOUS_IDLE_TIMEOUT", None)
+        if anonymous is not None and anonymous <= 0:
+            raise ConfigurationError(
+                "SESSION_ANONYMOUS_IDLE_TIMEOUT",
+                "must be a positive number of seconds or a timedelta (None: the idle timeout)",
+            )
+        shortest = min(idle, anonymous or idle)
+        touch = _seconds(
+            config, "SESSION_TOUCH_INTERVAL", min(DEFAULT_TOUCH_INTERVAL, shortest // 2)
+        )
+        if touch is None or touch < 0 or touch >= shortest:
             raise ConfigurationError(
                 "SESSION_TOUCH_INTERVAL",
-                f"must be at least 0 and shorter than SESSION_IDLE_TIMEOUT ({idle} s)",
+                f"must be at least 0 and shorter than the idle timeouts ({shortest} s)",
             )
         prune = _number(config, "SESSION_PRUNE_INTERVAL", DEFAULT_PRUNE_INTERVAL)
         if prune < 0:
@@ -208,6 +229,21 @@ class SessionConfig:
         create = config.get("SESSION_CREATE_TABLE", True)
         if not isinstance(create, bool):
             raise ConfigurationError("SESSION_CREATE_TABLE", "must be True or False")
+        user_key = config.get("SESSION_USER_KEY", DEFAULT_USER_KEY)
+        if user_key is not None and (not isinstance(user_key, str) or not user_key):
+            raise ConfigurationError(
+                "SESSION_USER_KEY", "must be the session key naming the user, or None (off)"
+            )
+        max_per_user = config.get("SESSION_MAX_PER_USER")
+        if max_per_user is not None and (
+            isinstance(max_per_user, bool) or not isinstance(max_per_user, int) or max_per_user < 1
+        ):
+            raise ConfigurationError(
+                "SESSION_MAX_PER_USER", "must be a whole number of at least 1, or None"
+            )
+        record_client = config.get("SESSION_RECORD_CLIENT", True)
+        if not isinstance(record_client, bool):
+            raise ConfigurationError("SESSION_RECORD_CLIENT", "must be True or False")
         return cls(
             db_url=db_url,
             encryption_keys=tuple(keys),
@@ -219,6 +255,10 @@ class SessionConfig:
             prune_interval=float(prune),
             max_bytes=int(max_bytes),
             create_table=create,
+            user_key=user_key,
+            max_per_user=max_per_user,
+            anonymous_idle_timeout=anonymous,
+            record_client=record_client,
         )
 
 

@@ -62,6 +62,21 @@ class TableMissing(StoreError):
         self.table = table
 
 
+class TableOutdated(TableMissing):
+    """The sessions table lacks columns this quartsess writes (a table of an older
+    release): the migrations have not been run."""
+
+    def __init__(self, table: str, database: str, missing: list[str]) -> None:
+        StoreError.__init__(
+            self,
+            f"table outdated: the sessions table {table!r} in {database} has no column "
+            f"{', '.join(missing)}; upgrade it with `quart sessions migrate` (existing "
+            "sessions are kept)",
+        )
+        self.table = table
+        self.missing = missing
+
+
 class SaveConflict(QuartSessError):
     """Concurrent writers of one session kept winning, so this save gave up."""
 

@@ -14,9 +14,11 @@ from .config import SessionConfig, check_driver_installed, setting_warnings
 from .errors import TableMissing, describe_error
 from .interface import ServerSessionInterface
 from .pruner import Pruner
+from .saving import ExpiryPolicy
 from .serializer import SessionSerializer
 from .stores.base import STORE_ERRORS, MaintainedStore
 from .stores.sql import SqlStore
+from .users import SessionInfo, UserSessions
 
 if TYPE_CHECKING:
     from .clock import Clock
@@ -57,6 +59,7 @@ class Session:
             WeakKeyDictionary()
         )
         self._pruners: WeakKeyDictionary[ServerSessionInterface, Pruner] = WeakKeyDictionary()
+        self._users: WeakKeyDictionary[ServerSessionInterface, UserSessions] = WeakKeyDictionary()
         if app is not None:
             self.init_app(app)
 
@@ -70,12 +73,22 @@ class Session:
             logger.warning("%s", warning)
         store = self.make_store(config)
         codec = self.codec_class(config.encryption_keys, config.max_bytes, self.serializer_class())
-        interface = self.interface_class(store=store, codec=codec, config=config, clock=self._clock)
+        users = UserSessions(
+            store,
+            codec,
+            ExpiryPolicy.from_config(config),
+            self._clock,
+            max_per_user=config.max_per_user,
+        )
+        interface = self.interface_class(
+            store=store, codec=codec, config=config, clock=self._clock, users=users
+        )
         # Quart types the attribute as its cookie interface; any SessionInterface works.
         app.session_interface = interface  # type: ignore[assignment]
         app.extensions[EXTENSION_KEY] = self
         self._interfaces[app] = interface
         self._stores[interface] = store
+        self._users[interface] = users
         pruner = Pruner(store, clock=self._clock, interval=config.prune_interval)
         self._pruners[interface] = pruner
         _add_cli(app)
@@ -142,6 +155,35 @@ class Session:
         On PostgreSQL this waits while another worker is pruning the same table."""
         return await self.pruner_for(app).prune()
 
+    # -- user sessions --------------------------------------------------------------
+
+    async def user_sessions(self, user: object, app: Quart | None = None) -> list[SessionInfo]:
+        """The live sessions of ``user`` (``str(user)``, as ``SESSION_USER_KEY`` holds
+        it), most recently active first. Inside a request, the request's own session is
+        marked ``current``."""
+        users = self._users[self.interface_for(app)]
+        return await users.list(str(user), current_handle=_current_handle())
+
+    async def revoke_session(
+        self, handle: str, *, user: object | None = None, app: Quart | None = None
+    ) -> bool:
+        """End the session named ``handle`` (with ``user``: only if it is theirs, as a
+        "log out this device" button needs). True if a session went. Effective on that
+        session's next request, in any worker."""
+        users = self._users[self.interface_for(app)]
+        return await users.revoke(handle, user=None if user is None else str(user))
+
+    async def revoke_user_sessions(
+        self, user: object, *, keep_current: bool = False, app: Quart | None = None
+    ) -> int:
+        """End every session of ``user`` ("log out everywhere"; with ``keep_current``,
+        all but the request's own: "log out all other devices"); returns how many went."""
+        users = self._users[self.interface_for(app)]
+        keep = _current_handle() if keep_current else None
+        if keep_current and keep is None:
+            raise RuntimeError("keep_current needs a request whose session is stored")
+        return await users.revoke_all(str(user), except_handle=keep)
+
     @property
     def store(self) -> MaintainedStore:
         """The store of the current (or only) app."""
@@ -151,6 +193,15 @@ class Session:
     def config(self) -> SessionConfig:
         """The validated settings of the current (or only) app."""
         return self.interface_for().config
+
+
+def _current_handle() -> str | None:
+    from quart import has_request_context, has_websocket_context, session
+
+    if not (has_request_context() or has_websocket_context()):
+        return None
+    handle = getattr(session, "handle", None)  # through the proxy to a ServerSession
+    return handle if isinstance(handle, str) else None
 
 
 def _add_cli(app: Quart) -> None:

@@ -24,6 +24,7 @@ from .ids import hash_session_id, is_well_formed, log_id
 from .saving import SAVE_FAILURES, ExpiryPolicy, SaveResult, SessionSaver
 from .session import ServerSession, UnavailableSession
 from .stores.base import STORE_ERRORS
+from .users import Client
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from .codec import PayloadCodec
     from .config import SessionConfig
     from .stores.base import SessionStore
+    from .users import UserSessions
 
 logger = logging.getLogger("quartsess")
 
@@ -54,14 +56,27 @@ class ServerSessionInterface(SessionInterface):
     null_session_class = UnavailableSession  # type: ignore[assignment]
 
     def __init__(
-        self, *, store: SessionStore, codec: PayloadCodec, config: SessionConfig, clock: Clock
+        self,
+        *,
+        store: SessionStore,
+        codec: PayloadCodec,
+        config: SessionConfig,
+        clock: Clock,
+        users: UserSessions | None = None,
     ) -> None:
         self.store = store
         self.codec = codec
         self.config = config
         self.clock = clock
+        self.policy = ExpiryPolicy.from_config(config)
         self.saver = SessionSaver(
-            store, codec, ExpiryPolicy.from_config(config), clock, create_table=config.create_table
+            store,
+            codec,
+            self.policy,
+            clock,
+            create_table=config.create_table,
+            user_key=config.user_key,
+            users=users,
         )
         # Saves in flight, by ID hash: the next request of that session waits for its save.
         self._pending_saves: dict[str, asyncio.Future[None]] = {}
@@ -80,7 +95,9 @@ class ServerSessionInterface(SessionInterface):
         loaded = session.loaded if isinstance(session, ServerSession) else None
         if not session.permanent or loaded is None:
             return None
-        deadline = self.saver.policy.deadline(int(self.clock()), loaded.record.created_at)
+        deadline = self.policy.deadline(
+            int(self.clock()), loaded.record.created_at, bound=loaded.user is not None
+        )
         return datetime.fromtimestamp(deadline, UTC)
 
     # -- open -----------------------------------------------------------------------
@@ -91,13 +108,14 @@ class ServerSessionInterface(SessionInterface):
         A cookie that is malformed, unknown, expired or does not decrypt is never
         adopted: the request gets a fresh session that will get a new ID if stored.
         When the store cannot be read, the null session (any use answers 503)."""
+        client = self.client_of(request)
         cookie = request.cookies.get(self.get_cookie_name(app))
         if not cookie:
-            return self.session_class(persist=self.persist)
+            return self.session_class(persist=self.persist, client=client)
         if not is_well_formed(cookie):
             # Common and harmless (an old cookie format), so not a warning; never logged raw.
             logger.info("a malformed session cookie was ignored; a new session starts")
-            return self.session_class(persist=self.persist)
+            return self.session_class(persist=self.persist, client=client)
         id_hash = hash_session_id(cookie)
         pending = self._pending_saves.get(id_hash)
         if pending is not None:
@@ -115,9 +133,17 @@ class ServerSessionInterface(SessionInterface):
             )
             return await self.make_null_session(app)
         if opened is None:
-            return self.session_class(persist=self.persist)
+            return self.session_class(persist=self.persist, client=client)
         loaded, data = opened
-        return self.session_class(data, loaded=loaded, persist=self.persist)
+        return self.session_class(data, loaded=loaded, persist=self.persist, client=client)
+
+    def client_of(self, request: BaseRequestWebsocket) -> Client | None:
+        """What a session records of its client: the User-Agent and
+        ``request.remote_addr`` (so the app's proxy middleware applies), or ``None``
+        when ``SESSION_RECORD_CLIENT`` is off. Override to record something else."""
+        if not self.config.record_client:
+            return None
+        return Client(request.headers.get("User-Agent"), request.remote_addr)
 
     # -- save -----------------------------------------------------------------------
 
@@ -189,6 +215,7 @@ class ServerSessionInterface(SessionInterface):
                 regenerate=session.regenerate_requested,
                 can_send_cookie=response is not None,
                 plaintext=plaintext,
+                client=session.client,
             )
         except SAVE_FAILURES as error:
             _log_save_failure(error)
@@ -244,6 +271,7 @@ class ServerSessionInterface(SessionInterface):
                 session.contents(),
                 regenerate=session.regenerate_requested,
                 can_send_cookie=False,
+                client=session.client,
             )
         except SAVE_FAILURES as error:
             _log_save_failure(error)

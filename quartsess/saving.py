@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .errors import InvalidPayload, SaveConflict
 from .ids import hash_session_id, log_id, new_session_id
 from .stores.base import STORE_ERRORS, SessionStore, StoredSession
+from .users import Client, UserSessions, new_handle, user_of
 
 if TYPE_CHECKING:
     from .clock import Clock
@@ -45,6 +46,7 @@ class Loaded:
     sid: str
     record: StoredSession
     plaintext: bytes
+    user: str | None = None
 
 
 class SaveResult(Enum):
@@ -71,29 +73,46 @@ class SaveOutcome:
 
 @dataclass(frozen=True, slots=True)
 class ExpiryPolicy:
-    """When a session ends: ``idle_timeout`` seconds after it was last touched, and
+    """When a session ends: ``idle_timeout`` seconds after it was last touched
+    (``anonymous_idle_timeout`` for a session bound to no user), and
     ``absolute_timeout`` seconds after it was created (``None``: no such limit). The
     idle deadline is written at most once per ``touch_interval`` seconds."""
 
     idle_timeout: int
     absolute_timeout: int | None
     touch_interval: int
+    anonymous_idle_timeout: int | None = None  # None: the idle timeout
 
     @classmethod
     def from_config(cls, config: SessionConfig) -> ExpiryPolicy:
-        return cls(config.idle_timeout, config.absolute_timeout, config.touch_interval)
+        return cls(
+            config.idle_timeout,
+            config.absolute_timeout,
+            config.touch_interval,
+            config.anonymous_idle_timeout,
+        )
+
+    def idle_for(self, bound: bool) -> int:
+        if bound or self.anonymous_idle_timeout is None:
+            return self.idle_timeout
+        return self.anonymous_idle_timeout
+
+    def expiry(self, record: StoredSession) -> int:
+        """When ``record`` ends under the current settings (which may have been
+        shortened since it was written)."""
+        end = min(record.expires_at, record.touched_at + self.idle_for(bool(record.user_hash)))
+        if self.absolute_timeout is not None:
+            end = min(end, record.created_at + self.absolute_timeout)
+        return end
 
     def is_live(self, record: StoredSession, now: int) -> bool:
-        """Whether ``record`` is live at ``now``: its stored deadline, and the current
-        settings (which may have been shortened since it was written)."""
-        if now >= record.expires_at or now >= record.touched_at + self.idle_timeout:
-            return False
-        absolute = self.absolute_timeout
-        return absolute is None or now < record.created_at + absolute
+        """Whether ``record`` is live at ``now``."""
+        return now < self.expiry(record)
 
-    def deadline(self, now: int, created_at: int) -> int:
-        """The ``expires_at`` to write at ``now`` for a session created at ``created_at``."""
-        deadline = now + self.idle_timeout
+    def deadline(self, now: int, created_at: int, *, bound: bool = True) -> int:
+        """The ``expires_at`` to write at ``now`` for a session created at
+        ``created_at`` (``bound``: to a user)."""
+        deadline = now + self.idle_for(bound)
         if self.absolute_timeout is not None:
             deadline = min(deadline, created_at + self.absolute_timeout)
         return deadline
@@ -103,7 +122,11 @@ class ExpiryPolicy:
 
 
 class SessionSaver:
-    """Loads and saves sessions in ``store``, sealing payloads with ``codec``."""
+    """Loads and saves sessions in ``store``, sealing payloads with ``codec``.
+
+    ``user_key`` names the session key that binds a session to a user (``None``: no
+    binding); a change of the user at save time renews the ID as ``regenerate`` does.
+    ``users`` caps a user's sessions when one becomes bound (``SESSION_MAX_PER_USER``)."""
 
     def __init__(
         self,
@@ -113,12 +136,16 @@ class SessionSaver:
         clock: Clock,
         *,
         create_table: bool = True,
+        user_key: str | None = None,
+        users: UserSessions | None = None,
     ) -> None:
         self.store = store
         self.codec = codec
         self.policy = policy
         self.clock = clock
         self.create_table = create_table
+        self.user_key = user_key
+        self.users = users
 
     # -- load -------------------------------------------------------------------------
 
@@ -142,9 +169,14 @@ class SessionSaver:
                 error,
             )
             return None
-        return Loaded(sid, record, plaintext), data
+        return Loaded(sid, record, plaintext, user_of(data, self.user_key)), data
 
     # -- decide -------------------------------------------------------------------------
+
+    def user_changed(self, loaded: Loaded | None, data: Mapping[str, Any]) -> bool:
+        """Whether the user at ``user_key`` differs from the one the session loaded with
+        (set, removed or replaced): the save then moves the session to a new ID."""
+        return loaded is not None and user_of(data, self.user_key) != loaded.user
 
     def plan(
         self,
@@ -159,7 +191,12 @@ class SessionSaver:
         here. Lets the common read-only request finish without a task."""
         if loaded is None:
             return False if not data else None
-        if regenerate or not data or self.policy.touch_due(loaded.record, int(self.clock())):
+        if (
+            regenerate
+            or not data
+            or self.policy.touch_due(loaded.record, int(self.clock()))
+            or self.user_changed(loaded, data)
+        ):
             return None
         if not modified and all(type(value) in _IMMUTABLE_SCALARS for value in data.values()):
             # Nothing was assigned or deleted, and no value can change in place.
@@ -177,13 +214,15 @@ class SessionSaver:
         regenerate: bool = False,
         can_send_cookie: bool = True,
         plaintext: bytes | None = None,
+        client: Client | None = None,
     ) -> SaveOutcome:
         """Store ``data`` for a session that loaded ``loaded`` (``None``: a new one).
 
         Writes only if the content changed, or to extend the idle deadline once per
-        touch interval. ``regenerate`` moves the data to a new ID and deletes the old
-        row. Without ``can_send_cookie`` (after a websocket) a new session is not stored
-        and ``regenerate`` is ignored. Raises one of :data:`SAVE_FAILURES`."""
+        touch interval. ``regenerate`` (or a change of the user) moves the data to a new
+        ID and deletes the old row. Without ``can_send_cookie`` (after a websocket) a new
+        session is not stored and a new ID is not given. ``client`` is recorded, sealed,
+        whenever the row is written. Raises one of :data:`SAVE_FAILURES`."""
         now = int(self.clock())
         if not data:
             if loaded is None:
@@ -192,6 +231,7 @@ class SessionSaver:
             return SaveOutcome(SaveResult.DELETED, None)
         if plaintext is None:
             plaintext = self.codec.serialize(data)
+        regenerate = regenerate or self.user_changed(loaded, data)
         if not can_send_cookie and (loaded is None or regenerate):
             if loaded is None:
                 logger.warning(
@@ -200,26 +240,48 @@ class SessionSaver:
                 )
                 return SaveOutcome(SaveResult.NOT_STORED, None)
             logger.warning(
-                "session.regenerate() is ignored in a websocket handler (no cookie can be "
-                "sent); the changes are stored under the current ID"
+                "session.regenerate() (or a change of the user) is ignored in a websocket "
+                "handler (no cookie can be sent); the changes are stored under the current ID"
             )
             regenerate = False
         if loaded is None or regenerate:
-            return await self._store_new(loaded, data, plaintext, now)
+            return await self._store_new(loaded, data, plaintext, now, client)
 
         record = loaded.record
         if plaintext != loaded.plaintext:
-            return await self._write_changes(loaded, data, plaintext, now)
+            return await self._write_changes(loaded, data, plaintext, now, client)
         if not self.policy.touch_due(record, now):
             return SaveOutcome(SaveResult.UNCHANGED, loaded)
-        expires = self.policy.deadline(now, record.created_at)
-        if not await self.store.touch(record.id_hash, touched_at=now, expires_at=expires):
+        if record.handle is None or (loaded.user is not None and record.user_hash is None):
+            # A row written before user sessions existed: the touch fills in its handle
+            # and user, so the user's sessions can be listed and revoked.
+            return await self._write_changes(loaded, data, plaintext, now, client)
+        expires = self.policy.deadline(now, record.created_at, bound=loaded.user is not None)
+        sealed = self._seal_client(record.id_hash, client, record.client)
+        if not await self.store.touch(
+            record.id_hash, touched_at=now, expires_at=expires, client=sealed
+        ):
             return SaveOutcome(SaveResult.GONE, None)
-        touched = replace(record, touched_at=now, expires_at=expires)
+        touched = replace(record, touched_at=now, expires_at=expires, client=sealed)
         return SaveOutcome(SaveResult.TOUCHED, replace(loaded, record=touched))
 
+    def _seal_client(
+        self, id_hash: str, client: Client | None, stored: bytes | None = None
+    ) -> bytes | None:
+        if client is None:
+            return stored
+        return self.codec.seal_client(id_hash, client.user_agent, client.ip_address)
+
+    def _user_hash(self, user: str | None) -> str | None:
+        return None if user is None else self.codec.user_hash(user)
+
     async def _store_new(
-        self, previous: Loaded | None, data: dict[str, Any], plaintext: bytes, now: int
+        self,
+        previous: Loaded | None,
+        data: dict[str, Any],
+        plaintext: bytes,
+        now: int,
+        client: Client | None,
     ) -> SaveOutcome:
         # The first write of a fresh deployment may come before any request with a cookie.
         await self.store.prepare(create_table=self.create_table)
@@ -227,6 +289,7 @@ class SessionSaver:
         id_hash = hash_session_id(sid)
         created_at = now
         merged: dict[str, Any] | None = None
+        handle = new_handle()
         if previous is not None:
             self.codec.check_size(plaintext)  # before the old row goes
             retired = await self._retire(previous, data, now)
@@ -236,19 +299,28 @@ class SessionSaver:
                 return SaveOutcome(SaveResult.GONE, None)
             current, merged = retired
             if merged is not None:
+                data = merged
                 plaintext = self.codec.serialize(merged)
-            # A new ID does not restart the absolute timeout.
+            # A new ID does not restart the absolute timeout, nor rename the session.
             created_at = current.created_at
+            handle = current.handle or handle
+        user = user_of(data, self.user_key)
         record = StoredSession(
             id_hash=id_hash,
             payload=self.codec.seal(id_hash, plaintext),
             version=1,
             created_at=created_at,
             touched_at=now,
-            expires_at=self.policy.deadline(now, created_at),
+            expires_at=self.policy.deadline(now, created_at, bound=user is not None),
+            handle=handle,
+            user_hash=self._user_hash(user),
+            client=self._seal_client(id_hash, client),
         )
         await self.store.insert(record)
-        return SaveOutcome(SaveResult.CREATED, Loaded(sid, record, plaintext), merged)
+        newly_bound = user is not None and (previous is None or previous.user != user)
+        if newly_bound and self.users is not None and user is not None:
+            await self.users.enforce_limit(user, keep_handle=handle)
+        return SaveOutcome(SaveResult.CREATED, Loaded(sid, record, plaintext, user), merged)
 
     async def _retire(
         self, previous: Loaded, ours: dict[str, Any], now: int
@@ -273,32 +345,35 @@ class SessionSaver:
         raise SaveConflict(MAX_SAVE_ATTEMPTS, log_id(current.id_hash))
 
     async def _write_changes(
-        self, loaded: Loaded, data: dict[str, Any], plaintext: bytes, now: int
+        self,
+        loaded: Loaded,
+        data: dict[str, Any],
+        plaintext: bytes,
+        now: int,
+        client: Client | None,
     ) -> SaveOutcome:
         """Update the row; on a lost race, apply this request's changes (relative to what
         it loaded) onto the newer row, and retry."""
         current = loaded.record
         base: dict[str, Any] | None = None
         merged: dict[str, Any] | None = None
+        handle = current.handle or new_handle()  # rows written before handles existed
+        sealed_client = self._seal_client(current.id_hash, client, current.client)
         for _ in range(MAX_SAVE_ATTEMPTS):
-            payload = self.codec.seal(current.id_hash, plaintext)
-            expires = self.policy.deadline(now, current.created_at)
-            if await self.store.update(
-                current.id_hash,
-                expected_version=current.version,
-                payload=payload,
+            user = user_of(merged if merged is not None else data, self.user_key)
+            written = replace(
+                current,
+                payload=self.codec.seal(current.id_hash, plaintext),
+                version=current.version + 1,
                 touched_at=now,
-                expires_at=expires,
-            ):
-                written = replace(
-                    current,
-                    payload=payload,
-                    version=current.version + 1,
-                    touched_at=now,
-                    expires_at=expires,
-                )
+                expires_at=self.policy.deadline(now, current.created_at, bound=user is not None),
+                handle=handle,
+                user_hash=self._user_hash(user),
+                client=sealed_client,
+            )
+            if await self.store.update(written, expected_version=current.version):
                 return SaveOutcome(
-                    SaveResult.UPDATED, Loaded(loaded.sid, written, plaintext), merged
+                    SaveResult.UPDATED, Loaded(loaded.sid, written, plaintext, user), merged
                 )
             newer = await self._reload(current.id_hash, now)
             if newer is None:

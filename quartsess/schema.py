@@ -16,8 +16,11 @@ def build_table(metadata: MetaData, name: str = DEFAULT_TABLE) -> Table:
 
     Columns: ``id_hash`` (hex SHA-256 of the cookie ID; the ID itself is never stored),
     ``payload`` (Fernet ciphertext), ``version`` (bumped on every content write, for
-    lost-update detection), and epoch seconds ``created_at``, ``touched_at`` and
-    ``expires_at`` (indexed, for pruning).
+    lost-update detection), epoch seconds ``created_at``, ``touched_at`` and
+    ``expires_at`` (indexed, for pruning), and for user sessions ``handle`` (a random
+    name of the session, stable across new IDs, safe to show), ``user_hash`` (an HMAC of
+    the user, never the user itself; indexed) and ``client`` (the User-Agent and IP
+    address, encrypted). The last three are NULL in rows written before revision 0002.
     """
     return Table(
         name,
@@ -28,7 +31,12 @@ def build_table(metadata: MetaData, name: str = DEFAULT_TABLE) -> Table:
         Column("created_at", BigInteger, nullable=False),
         Column("touched_at", BigInteger, nullable=False),
         Column("expires_at", BigInteger, nullable=False),
+        Column("handle", String(32), nullable=True),
+        Column("user_hash", String(64), nullable=True),
+        Column("client", LargeBinary, nullable=True),
         Index(f"ix_{name}_expires_at", "expires_at"),
+        Index(f"ix_{name}_user_hash", "user_hash"),
+        Index(f"ux_{name}_handle", "handle", unique=True),
     )
 
 

@@ -11,6 +11,7 @@ from werkzeug.datastructures import CallbackDict
 
 from .errors import SessionStoreUnavailable
 from .saving import Loaded, SaveOutcome
+from .users import Client
 
 Persist = Callable[["ServerSession"], Awaitable[None]]
 
@@ -21,6 +22,7 @@ class _State:
 
     loaded: Loaded | None
     persist: Persist | None
+    client: Client | None = None
     regenerate_requested: bool = False
     cleared: bool = False
     read: bool = False
@@ -42,6 +44,7 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         *,
         loaded: Loaded | None = None,
         persist: Persist | None = None,
+        client: Client | None = None,
     ) -> None:
         def on_update(self: ServerSession) -> None:
             self._on_read()
@@ -51,13 +54,20 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         self.modified = False
         self.accessed = False
         self.new = loaded is None
-        self._state = _State(loaded, persist)
+        self._state = _State(loaded, persist, client)
 
     @property
     def sid(self) -> str | None:
         """The cookie ID, or ``None`` until the session is first stored."""
         loaded = self._state.loaded
         return None if loaded is None else loaded.sid
+
+    @property
+    def handle(self) -> str | None:
+        """The session's handle (see :class:`~quartsess.SessionInfo`), or ``None``
+        until the session is first stored. Stable across new IDs; safe to show."""
+        loaded = self._state.loaded
+        return None if loaded is None else loaded.record.handle
 
     def regenerate(self) -> None:
         """Move the data to a new ID when the response is saved, deleting the old row.
@@ -85,6 +95,11 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
     def loaded(self) -> Loaded | None:
         """The row this session was loaded from or last saved to (``None``: not stored)."""
         return self._state.loaded
+
+    @property
+    def client(self) -> Client | None:
+        """What is recorded of this request's client (``None``: recording is off)."""
+        return self._state.client
 
     @property
     def regenerate_requested(self) -> bool:

@@ -139,6 +139,9 @@ async def stored_rows(app: Quart) -> list[StoredSession]:
                 row.created_at,
                 row.touched_at,
                 row.expires_at,
+                row.handle,
+                row.user_hash,
+                None if row.client is None else bytes(row.client),
             )
             for row in result
         ]

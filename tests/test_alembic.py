@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from quartsess.schema import build_table
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, FakeClock
 from tests.support import add_routes, stored_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,17 +99,27 @@ async def current_revision(engine: AsyncEngine, table_name: str) -> list[str]:
         return [row[0] for row in result]
 
 
+COLUMNS_0001 = ["id_hash", "payload", "version", "created_at", "touched_at", "expires_at"]
+
+
 async def test_upgrade_head_creates_the_table_and_downgrade_base_drops_it(
     db_url: str, table_name: str, engine: AsyncEngine
 ) -> None:
     await migrate(db_url, table_name, "upgrade", "head")
-    assert await describe(engine, table_name) == {
+    described = await describe(engine, table_name)
+    assert described == {
         "exists": True,
-        "columns": ["id_hash", "payload", "version", "created_at", "touched_at", "expires_at"],
+        "columns": [*COLUMNS_0001, "handle", "user_hash", "client"],
         "primary_key": ["id_hash"],
-        "indexes": {f"ix_{table_name}_expires_at": ["expires_at"]},
+        "indexes": {
+            f"ix_{table_name}_expires_at": ["expires_at"],
+            f"ix_{table_name}_user_hash": ["user_hash"],
+            f"ux_{table_name}_handle": ["handle"],
+        },
     }
-    assert await current_revision(engine, table_name) == ["0001"]
+    assert await current_revision(engine, table_name) == ["0002"]
+    await migrate(db_url, table_name, "downgrade", "0001")
+    assert (await describe(engine, table_name))["columns"] == COLUMNS_0001
 
     await migrate(db_url, table_name, "upgrade", "head")  # nothing left to do
     await migrate(db_url, table_name, "downgrade", "base")
@@ -139,6 +149,53 @@ async def test_the_migration_matches_build_table(
 
     async with engine.connect() as connection:
         assert await connection.run_sync(differences) == []
+
+
+async def test_sessions_of_revision_0001_survive_the_upgrade_to_0002(
+    db_url: str,
+    table_name: str,
+    engine: AsyncEngine,
+    make_app: AppFactory,
+    caplog: Any,
+    clock: FakeClock,
+) -> None:
+    """Rows written under 0001 stay readable after ``upgrade head``; an app on a 0001
+    table says at start-up what to run instead of failing per request."""
+    await migrate(db_url, table_name, "upgrade", "0001")
+    app = add_routes(make_app(SESSION_PRUNE_INTERVAL=0))
+    with caplog.at_level(logging.ERROR, logger="quartsess"):
+        async with app.test_app() as test_app:
+            [startup] = [r.getMessage() for r in caplog.records if r.name == "quartsess"]
+            assert startup.startswith(f"table outdated: the sessions table {table_name!r}")
+            assert "quart sessions migrate" in startup
+            assert (await test_app.test_client().get("/visits")).status_code == 503
+    # Rows as quartsess 0.1 wrote them: only the 0001 columns.
+    await migrate(db_url, table_name, "upgrade", "head")
+    clients = []
+    async with app.test_app() as test_app:
+        for n in range(3):
+            client = test_app.test_client()
+            await client.post("/set", json={"n": n, "user_id": f"u{n}"})
+            clients.append(client)
+    await migrate(db_url, table_name, "downgrade", "0001")
+    assert len(await stored_rows_of(engine, table_name)) == 3  # downgrade keeps the rows
+    await migrate(db_url, table_name, "upgrade", "head")
+    app = add_routes(make_app(SESSION_PRUNE_INTERVAL=0))
+    async with app.test_app():
+        for n, client in enumerate(clients):
+            client.app = app
+            assert await (await client.get("/get/n")).get_json() == {"value": n}
+        ext = app.extensions["quartsess"]
+        assert await ext.user_sessions("u1", app) == []  # not bound until written
+        clock.advance(60)  # the next touch binds the old row to its user
+        assert (await clients[1].get("/get/n")).status_code == 200
+        [listed] = await ext.user_sessions("u1", app)
+        assert listed.handle
+
+
+async def stored_rows_of(engine: AsyncEngine, table_name: str) -> list[Any]:
+    async with engine.connect() as connection:
+        return list(await connection.execute(text(f"SELECT id_hash FROM {table_name}")))  # noqa: S608
 
 
 async def test_an_app_serves_from_the_migrated_table_without_creating_it(
@@ -196,7 +253,7 @@ async def test_url_and_table_come_from_the_environment_like_the_app(
     engine = create_async_engine(env["QUARTSESS_DB_URL"])
     try:
         assert (await describe(engine, "envtab"))["exists"]
-        assert await current_revision(engine, "envtab") == ["0001"]
+        assert await current_revision(engine, "envtab") == ["0002"]
     finally:
         await engine.dispose()
 

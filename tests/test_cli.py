@@ -11,6 +11,7 @@ import os
 import re
 import sqlite3
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,7 @@ async def test_rotate_keys_resumes_after_an_interruption(make_app: AppFactory) -
     async with after.test_app():
         # A first run that stopped after two rows.
         store, codec = store_of(after), after.extensions["quartsess"].interface_for(after).codec
-        done = [(r.id_hash, r.version, codec.rotate(r.payload)) for r in await stored_rows(after)]
+        done = [replace(r, payload=codec.rotate(r.payload)) for r in await stored_rows(after)]
         assert await store.replace_payloads(done[:2]) == 2
     result = await invoke(after, "rotate-keys")
     assert "Scanned 5 rows: 3 re-encrypted with the newest key, 2 already used it" in result.output
@@ -212,7 +213,7 @@ async def test_rotation_never_overwrites_a_concurrent_request(make_app: AppFacto
         [seen] = await stored_rows(app)  # what a rotation batch read
         await client.get("/put/k/7")  # a request writes before the batch is applied
         codec = app.extensions["quartsess"].interface_for(app).codec
-        stale = [(seen.id_hash, seen.version, codec.rotate(seen.payload))]
+        stale = [replace(seen, payload=codec.rotate(seen.payload))]
         assert await store_of(app).replace_payloads(stale) == 0
         assert await (await client.get("/get/k")).get_data(as_text=True) == "x" * 7
 

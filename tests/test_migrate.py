@@ -21,7 +21,7 @@ from tests.installed import ROOT, FreshVenv, build, fresh_venv
 from tests.support import add_routes, stored_rows
 from tests.test_alembic import current_revision, describe
 
-YOURAPP = f'''
+YOURAPP = f"""
 import os
 from quart import Quart
 from quartsess import Session
@@ -35,9 +35,12 @@ app.config.update(
     SESSION_PRUNE_INTERVAL=0,
 )
 Session(app)
-'''
+"""
 
-COLUMNS = ["id_hash", "payload", "version", "created_at", "touched_at", "expires_at"]
+COLUMNS = [
+    *("id_hash", "payload", "version", "created_at", "touched_at", "expires_at"),
+    *("handle", "user_hash", "client"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +101,12 @@ async def test_migrate_upgrade_current_check_downgrade_stamp_from_the_wheel(
     assert f"{table_name}: no revision recorded" in await yourapp.succeeds("current")
 
     output = await yourapp.succeeds()  # no subcommand: upgrade head
-    assert "Running upgrade  -> 0001" in output
-    assert f"{table_name}: at revision 0001 (head)" in output
+    assert "Running upgrade  -> 0001" in output and "Running upgrade 0001 -> 0002" in output
+    assert f"{table_name}: at revision 0002 (head)" in output
     assert (await describe(engine, table_name))["columns"] == COLUMNS
-    assert await current_revision(engine, table_name) == ["0001"]
+    assert await current_revision(engine, table_name) == ["0002"]
     assert "Running upgrade" not in await yourapp.succeeds("upgrade")  # nothing left to do
-    assert f"{table_name}: at revision 0001 (head)" in await yourapp.succeeds("current")
+    assert f"{table_name}: at revision 0002 (head)" in await yourapp.succeeds("current")
     assert "matches quartsess's definition" in await yourapp.succeeds("check")
 
     index = f"ix_{table_name}_expires_at"
@@ -121,7 +124,7 @@ async def test_migrate_upgrade_current_check_downgrade_stamp_from_the_wheel(
     assert await current_revision(engine, table_name) == []
 
     # Stamped at head without the table: check sees the table missing.
-    assert f"{table_name}: at revision 0001 (head)" in await yourapp.succeeds("stamp", "head")
+    assert f"{table_name}: at revision 0002 (head)" in await yourapp.succeeds("stamp", "head")
     assert await describe(engine, table_name) == {"exists": False}
     assert "add_table" in await yourapp.fails("check")
 
@@ -131,9 +134,7 @@ async def test_an_unknown_revision_and_an_unreachable_database_are_clean_errors(
 ) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'sessions.sqlite3'}"
     yourapp = YourApp(installed, url, "quart_sessions")
-    assert "Can't locate revision identified by '0999'" in await yourapp.fails(
-        "upgrade", "0999"
-    )
+    assert "Can't locate revision identified by '0999'" in await yourapp.fails("upgrade", "0999")
     down = YourApp(installed, "postgresql+asyncpg://nobody@127.0.0.1:1/none", "quart_sessions")
     assert "the session database postgresql+asyncpg://nobody@127.0.0.1:1/none failed" in (
         await down.fails()
@@ -173,8 +174,8 @@ async def test_from_the_source_checkout_it_runs_the_repositorys_alembic_folder(
     app = add_routes(make_app(SESSION_CREATE_TABLE=False, SESSION_PRUNE_INTERVAL=0))
     result = await invoke(app)
     assert result.exit_code == 0, result.output
-    assert f"{table_name}: at revision 0001 (head)" in result.output
-    assert await current_revision(engine, table_name) == ["0001"]
+    assert f"{table_name}: at revision 0002 (head)" in result.output
+    assert await current_revision(engine, table_name) == ["0002"]
     async with app.test_app() as test_app:
         assert (await test_app.test_client().get("/visits")).status_code == 200
         assert len(await stored_rows(app)) == 1

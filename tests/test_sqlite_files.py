@@ -66,7 +66,7 @@ async def test_the_write_ahead_log_shrinks_back_after_a_burst(tmp_path: Path) ->
         n = 0
         while size(wal) > JOURNAL_SIZE_LIMIT and time.monotonic() < give_up:
             for _ in range(SqliteRunner.CHECKPOINT_EVERY):
-                await store.touch(f"{n % 4000:064x}", touched_at=2, expires_at=9)
+                await store.touch(f"{n % 4000:064x}", touched_at=2, expires_at=9, client=None)
                 n += 1
             await asyncio.sleep(0.05)  # the checkpoint of a 100+ MB log takes a while
         assert size(wal) <= JOURNAL_SIZE_LIMIT

@@ -30,7 +30,9 @@ async def test_a_locked_database_delays_a_write_without_blocking_the_loop(
         other_process = sqlite3.connect(path, isolation_level=None)
         other_process.execute("BEGIN IMMEDIATE")  # holds the write lock, as another worker would
         try:
-            write = asyncio.ensure_future(store.touch(row.id_hash, touched_at=5, expires_at=200))
+            write = asyncio.ensure_future(
+                store.touch(row.id_hash, touched_at=5, expires_at=200, client=None)
+            )
             ticks = 0
             for _ in range(200):  # the loop keeps turning while the write waits
                 await asyncio.sleep(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,19 +51,40 @@ async def test_update_only_at_the_expected_version_and_never_recreates(
     store: MaintainedStore,
 ) -> None:
     await store.insert(row(H1))
-    assert not await store.update(H1, expected_version=2, payload=b"x", touched_at=5, expires_at=9)
-    assert await store.update(H1, expected_version=1, payload=b"y", touched_at=5, expires_at=9)
-    assert await store.load(H1) == StoredSession(H1, b"y", 2, 1, 5, 9)
+    new = StoredSession(H1, b"y", 2, 1, 5, 9, handle="h1", user_hash="u" * 64, client=b"c")
+    assert not await store.update(new, expected_version=2)
+    assert await store.update(new, expected_version=1)
+    assert await store.load(H1) == replace(new, client=None)  # the client: listing only
+    assert [r.client for r in await store.scan("", 1)] == [b"c"]
     await store.delete(H1)
-    assert not await store.update(H1, expected_version=2, payload=b"z", touched_at=6, expires_at=9)
-    assert not await store.touch(H1, touched_at=6, expires_at=9)
+    assert not await store.update(replace(new, version=3), expected_version=2)
+    assert not await store.touch(H1, touched_at=6, expires_at=9, client=None)
     assert await store.load(H1) is None
 
 
 async def test_touch_ignores_the_version_and_keeps_the_payload(store: MaintainedStore) -> None:
     await store.insert(row(H1, version=7))
-    assert await store.touch(H1, touched_at=50, expires_at=150)
+    assert await store.touch(H1, touched_at=50, expires_at=150, client=b"client")
     assert await store.load(H1) == StoredSession(H1, row(H1).payload, 7, 1, 50, 150)
+    [scanned] = await store.scan("", 10)
+    assert scanned.client == b"client"
+
+
+async def test_a_users_rows_are_found_and_revoked_by_user_and_handle(
+    store: MaintainedStore,
+) -> None:
+    ada, bob = "a" * 64, "b" * 64
+    for id_hash, handle, user in ((H1, "h1", ada), (H2, "h2", ada), (H3, "h3", bob)):
+        await store.insert(replace(row(id_hash), handle=handle, user_hash=user, client=b"c"))
+    found = await store.sessions_of([ada, "x" * 64])
+    assert sorted(r.handle or "" for r in found) == ["h1", "h2"]
+    assert all(r.payload == b"" and r.client == b"c" for r in found)
+    assert await store.delete_handles(["h3"], user_hashes=[ada]) == 0  # not ada's
+    assert await store.delete_handles(["h3"]) == 1
+    assert await store.delete_user([ada], except_handle="h2") == 1
+    assert [r.handle for r in await store.sessions_of([ada])] == ["h2"]
+    assert await store.delete_user([ada]) == 1
+    assert await store.sessions_of([ada, bob]) == []
 
 
 async def test_delete_version_deletes_only_that_version(store: MaintainedStore) -> None:
@@ -94,10 +116,11 @@ async def test_scan_walks_in_id_order_and_replace_payloads_checks_the_version(
     for id_hash in (H3, H1, H2):
         await store.insert(row(id_hash))
     first = await store.scan("", 2)
-    assert [r[0] for r in first] == [H1, H2]
-    assert [r[0] for r in await store.scan(first[-1][0], 2)] == [H3]
-    assert await store.replace_payloads([(H1, 1, b"new"), (H2, 9, b"stale")]) == 1
-    assert (await store.load(H1)) == StoredSession(H1, b"new", 1, 1, 1, 100)
+    assert [r.id_hash for r in first] == [H1, H2]
+    assert [r.id_hash for r in await store.scan(first[-1].id_hash, 2)] == [H3]
+    fresh = replace(row(H1), payload=b"new", user_hash="u" * 64)
+    assert await store.replace_payloads([fresh, replace(row(H2), version=9)]) == 1
+    assert (await store.load(H1)) == fresh
     assert (await store.load(H2)) == row(H2)
 
 

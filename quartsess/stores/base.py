@@ -30,7 +30,8 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class StoredSession:
-    """One row of the sessions table: epoch seconds, and the payload as ciphertext."""
+    """One row of the sessions table: epoch seconds, the payload as ciphertext, and for
+    user sessions the handle, the keyed hash of the user and the encrypted client."""
 
     id_hash: str = field(repr=False)
     payload: bytes = field(repr=False)
@@ -38,6 +39,9 @@ class StoredSession:
     created_at: int
     touched_at: int
     expires_at: int
+    handle: str | None = None
+    user_hash: str | None = field(default=None, repr=False)
+    client: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,30 +70,26 @@ class SessionStore(Protocol):
         ...
 
     async def load(self, id_hash: str) -> StoredSession | None:
-        """The row, or ``None`` if there is none (expired rows are returned as they are:
-        expiry is the save protocol's policy)."""
+        """The row without its ``client`` (only listing reads that), or ``None`` if there
+        is none (expired rows are returned as they are: expiry is the save protocol's
+        policy)."""
         ...
 
     async def insert(self, row: StoredSession) -> None:
         """Add a new row (its ``id_hash`` is fresh: 256 random bits)."""
         ...
 
-    async def update(
-        self,
-        id_hash: str,
-        *,
-        expected_version: int,
-        payload: bytes,
-        touched_at: int,
-        expires_at: int,
-    ) -> bool:
-        """Write new content and bump the version if the row still has
-        ``expected_version``. False if it changed under us or is gone: an update never
-        re-creates a row."""
+    async def update(self, row: StoredSession, *, expected_version: int) -> bool:
+        """Write ``row`` (its payload, times, handle, user hash and client) with
+        ``row.version`` if the stored row still has ``expected_version``. False if it
+        changed under us or is gone: an update never re-creates a row."""
         ...
 
-    async def touch(self, id_hash: str, *, touched_at: int, expires_at: int) -> bool:
-        """Extend the idle deadline, whatever the version; False if the row is gone."""
+    async def touch(
+        self, id_hash: str, *, touched_at: int, expires_at: int, client: bytes | None
+    ) -> bool:
+        """Extend the idle deadline and record the client, whatever the version; False
+        if the row is gone."""
         ...
 
     async def delete(self, id_hash: str) -> None:
@@ -144,12 +144,31 @@ class MaintainedStore(SessionStore, Protocol):
 
     async def stats(self, now: int) -> StoreStats: ...
 
-    async def scan(self, after: str, limit: int) -> list[tuple[str, bytes, int]]:
-        """Up to ``limit`` rows ``(id_hash, payload, version)`` whose id_hash sorts after
-        ``after`` (``""`` to start), in id_hash order: walks the table in batches."""
+    async def scan(self, after: str, limit: int) -> list[StoredSession]:
+        """Up to ``limit`` rows whose id_hash sorts after ``after`` (``""`` to start), in
+        id_hash order: walks the table in batches."""
         ...
 
-    async def replace_payloads(self, rows: Sequence[tuple[str, int, bytes]]) -> int:
-        """For each ``(id_hash, version, payload)``, store the new ciphertext if the row
-        still has that version, keeping the version; returns how many were replaced."""
+    async def replace_payloads(self, rows: Sequence[StoredSession]) -> int:
+        """Store each row's ``payload``, ``user_hash`` and ``client`` if the stored row
+        still has that ``version`` (kept as it is); returns how many were replaced."""
+        ...
+
+    async def sessions_of(self, user_hashes: Sequence[str]) -> list[StoredSession]:
+        """Every row whose ``user_hash`` is one of ``user_hashes`` (live or not), without
+        payloads: for listing a user's sessions."""
+        ...
+
+    async def delete_handles(
+        self, handles: Sequence[str], *, user_hashes: Sequence[str] | None = None
+    ) -> int:
+        """Delete the rows with these handles (only those of ``user_hashes``, when
+        given); returns how many went."""
+        ...
+
+    async def delete_user(
+        self, user_hashes: Sequence[str], *, except_handle: str | None = None
+    ) -> int:
+        """Delete every row of ``user_hashes`` but the one with ``except_handle``, in one
+        statement; returns how many went."""
         ...

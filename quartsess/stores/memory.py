@@ -45,42 +45,35 @@ class MemoryStore:
 
     async def load(self, id_hash: str) -> StoredSession | None:
         self._before("load")
-        return self.rows.get(id_hash)
+        row = self.rows.get(id_hash)
+        return row if row is None or row.client is None else replace(row, client=None)
 
     async def insert(self, row: StoredSession) -> None:
         self._before("insert")
         if row.id_hash in self.rows:
             raise ValueError("a row with this id_hash exists")  # 2**-256: a caller's bug
+        if row.handle is not None and any(r.handle == row.handle for r in self.rows.values()):
+            raise ValueError("a row with this handle exists")  # unique, as in SQL
         self.rows[row.id_hash] = row
 
-    async def update(
-        self,
-        id_hash: str,
-        *,
-        expected_version: int,
-        payload: bytes,
-        touched_at: int,
-        expires_at: int,
-    ) -> bool:
+    async def update(self, row: StoredSession, *, expected_version: int) -> bool:
         self._before("update")
-        row = self.rows.get(id_hash)
-        if row is None or row.version != expected_version:
+        stored = self.rows.get(row.id_hash)
+        if stored is None or stored.version != expected_version:
             return False
-        self.rows[id_hash] = replace(
-            row,
-            payload=payload,
-            version=expected_version + 1,
-            touched_at=touched_at,
-            expires_at=expires_at,
-        )
+        self.rows[row.id_hash] = replace(row, created_at=stored.created_at)
         return True
 
-    async def touch(self, id_hash: str, *, touched_at: int, expires_at: int) -> bool:
+    async def touch(
+        self, id_hash: str, *, touched_at: int, expires_at: int, client: bytes | None
+    ) -> bool:
         self._before("touch")
         row = self.rows.get(id_hash)
         if row is None:
             return False
-        self.rows[id_hash] = replace(row, touched_at=touched_at, expires_at=expires_at)
+        self.rows[id_hash] = replace(
+            row, touched_at=touched_at, expires_at=expires_at, client=client
+        )
         return True
 
     async def delete(self, id_hash: str) -> None:
@@ -134,15 +127,47 @@ class MemoryStore:
         expired = sum(1 for row in self.rows.values() if row.expires_at <= now)
         return StoreStats(len(sizes), expired, sum(sizes), max(sizes, default=0))
 
-    async def scan(self, after: str, limit: int) -> list[tuple[str, bytes, int]]:
+    async def scan(self, after: str, limit: int) -> list[StoredSession]:
         keys = sorted(key for key in self.rows if key > after)[:limit]
-        return [(key, self.rows[key].payload, self.rows[key].version) for key in keys]
+        return [self.rows[key] for key in keys]
 
-    async def replace_payloads(self, rows: Sequence[tuple[str, int, bytes]]) -> int:
+    async def replace_payloads(self, rows: Sequence[StoredSession]) -> int:
         done = 0
-        for id_hash, version, payload in rows:
-            row = self.rows.get(id_hash)
-            if row is not None and row.version == version:
-                self.rows[id_hash] = replace(row, payload=payload)
+        for new in rows:
+            row = self.rows.get(new.id_hash)
+            if row is not None and row.version == new.version:
+                self.rows[new.id_hash] = replace(
+                    row, payload=new.payload, user_hash=new.user_hash, client=new.client
+                )
                 done += 1
         return done
+
+    async def sessions_of(self, user_hashes: Sequence[str]) -> list[StoredSession]:
+        wanted = set(user_hashes)
+        return [replace(r, payload=b"") for r in self.rows.values() if r.user_hash in wanted]
+
+    async def delete_handles(
+        self, handles: Sequence[str], *, user_hashes: Sequence[str] | None = None
+    ) -> int:
+        wanted, users = set(handles), None if user_hashes is None else set(user_hashes)
+        gone = [
+            key
+            for key, row in self.rows.items()
+            if row.handle in wanted and (users is None or row.user_hash in users)
+        ]
+        for key in gone:
+            del self.rows[key]
+        return len(gone)
+
+    async def delete_user(
+        self, user_hashes: Sequence[str], *, except_handle: str | None = None
+    ) -> int:
+        users = set(user_hashes)
+        gone = [
+            key
+            for key, row in self.rows.items()
+            if row.user_hash in users and (except_handle is None or row.handle != except_handle)
+        ]
+        for key in gone:
+            del self.rows[key]
+        return len(gone)

@@ -18,6 +18,8 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    literal,
+    or_,
     select,
     text,
     update,
@@ -26,7 +28,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..errors import TableMissing
+from ..errors import TableMissing, TableOutdated
 from ..schema import build_table
 from .base import StoredSession, StoreStats
 from .connections import Connections, create_engine, effective_connect_args
@@ -138,12 +140,22 @@ class SqlStore:
     async def prepare(self, *, create_table: bool) -> None:
         if self._ready:
             return
+        url = self.engine.url.render_as_string(hide_password=True)
         if create_table:
             await self.run(self._create_table)
         elif not await self.table_exists():
-            url = self.engine.url.render_as_string(hide_password=True)
             raise TableMissing(self.table.name, url)
+        missing = await self._missing_columns()
+        if missing:
+            raise TableOutdated(self.table.name, url, missing)
         self._ready = True
+
+    async def _missing_columns(self) -> list[str]:
+        def columns(connection: Connection) -> set[str]:
+            return {c["name"] for c in inspect(connection).get_columns(self.table.name)}
+
+        present = await self.run(lambda connection: connection.run_sync(columns))
+        return [c.name for c in self.table.columns if c.name not in present]
 
     async def _create_table(self, connection: AsyncConnection) -> None:
         dialect = connection.dialect.name
@@ -175,7 +187,7 @@ class SqlStore:
         row = await self._fetch_one("load", {"h": id_hash})
         if row is None:
             return None
-        return StoredSession(id_hash, bytes(row[0]), row[1], row[2], row[3], row[4])
+        return StoredSession(id_hash, bytes(row[0]), row[1], row[2], row[3], row[4], row[5], row[6])
 
     async def insert(self, row: StoredSession) -> None:
         values = {
@@ -185,33 +197,35 @@ class SqlStore:
             "created_at": row.created_at,
             "touched_at": row.touched_at,
             "expires_at": row.expires_at,
+            "handle": row.handle,
+            "user_hash": row.user_hash,
+            "client": row.client,
         }
         await self._hot_rowcount("insert", values)
 
-    async def update(
-        self,
-        id_hash: str,
-        *,
-        expected_version: int,
-        payload: bytes,
-        touched_at: int,
-        expires_at: int,
-    ) -> bool:
-        """Write new content if the row still has ``expected_version``; False otherwise
-        (the row changed under us, or it is gone: a save never re-creates a row)."""
+    async def update(self, row: StoredSession, *, expected_version: int) -> bool:
         params = {
-            "h": id_hash,
+            "h": row.id_hash,
             "old_version": expected_version,
-            "new_version": expected_version + 1,
-            "new_payload": payload,
-            "new_touched": touched_at,
-            "new_expires": expires_at,
+            "new_version": row.version,
+            "new_payload": row.payload,
+            "new_touched": row.touched_at,
+            "new_expires": row.expires_at,
+            "new_handle": row.handle,
+            "new_user": row.user_hash,
+            "new_client": row.client,
         }
         return await self._hot_rowcount("update", params) == 1
 
-    async def touch(self, id_hash: str, *, touched_at: int, expires_at: int) -> bool:
-        """Extend the idle deadline; False if the row is gone."""
-        params = {"h": id_hash, "new_touched": touched_at, "new_expires": expires_at}
+    async def touch(
+        self, id_hash: str, *, touched_at: int, expires_at: int, client: bytes | None
+    ) -> bool:
+        params = {
+            "h": id_hash,
+            "new_touched": touched_at,
+            "new_expires": expires_at,
+            "new_client": client,
+        }
         return await self._hot_rowcount("touch", params) == 1
 
     async def delete(self, id_hash: str) -> None:
@@ -334,48 +348,89 @@ class SqlStore:
 
         return await self.run(work)
 
-    async def scan(self, after: str, limit: int) -> list[tuple[str, bytes, int]]:
-        """Up to ``limit`` rows ``(id_hash, payload, version)`` whose id_hash sorts after
-        ``after`` (use ``""`` to start), in id_hash order: walks the whole table in
-        batches without holding anything between them."""
+    async def scan(self, after: str, limit: int) -> list[StoredSession]:
+        """Up to ``limit`` rows whose id_hash sorts after ``after`` (use ``""`` to
+        start), in id_hash order: walks the whole table in batches without holding
+        anything between them."""
         t = self.table
-        query = (
-            select(t.c.id_hash, t.c.payload, t.c.version)
-            .where(t.c.id_hash > after)
-            .order_by(t.c.id_hash)
-            .limit(limit)
-        )
+        query = select(*t.c).where(t.c.id_hash > after).order_by(t.c.id_hash).limit(limit)
+        return await self._rows(query)
 
-        async def work(connection: AsyncConnection) -> list[tuple[str, bytes, int]]:
-            result = await connection.execute(query)
-            return [(row[0], bytes(row[1]), int(row[2])) for row in result]
-
-        return await self.run(work)
-
-    async def replace_payloads(self, rows: Sequence[tuple[str, int, bytes]]) -> int:
-        """For each ``(id_hash, version, payload)``, store the new ciphertext if the row
-        still has that version; returns how many rows were replaced.
-
-        Meant for re-encrypting unchanged content (key rotation): the version is kept, so
-        a request holding the row still saves normally, and a row that a request changed
-        in the meantime is left alone."""
+    async def replace_payloads(self, rows: Sequence[StoredSession]) -> int:
+        """Meant for re-encrypting unchanged content (key rotation): the version is kept,
+        so a request holding the row still saves normally, and a row that a request
+        changed in the meantime is left alone."""
         t = self.table
         statement = (
             update(t)
             .where(t.c.id_hash == bindparam("h"), t.c.version == bindparam("v"))
-            .values(payload=bindparam("p"))
+            .values(payload=bindparam("p"), user_hash=bindparam("u"), client=bindparam("c"))
         )
 
         async def work(connection: AsyncConnection) -> int:
             done = 0
-            for id_hash, version, payload in rows:
-                result = await connection.execute(
-                    statement, {"h": id_hash, "v": version, "p": payload}
-                )
-                done += int(result.rowcount)
+            for row in rows:
+                params = {
+                    "h": row.id_hash,
+                    "v": row.version,
+                    "p": row.payload,
+                    "u": row.user_hash,
+                    "c": row.client,
+                }
+                done += int((await connection.execute(statement, params)).rowcount)
             return done
 
         return await self.run(work)
+
+    # -- user sessions ----------------------------------------------------------------
+
+    async def sessions_of(self, user_hashes: Sequence[str]) -> list[StoredSession]:
+        t = self.table
+        columns = [c if c.name != "payload" else literal(b"").label("payload") for c in t.c]
+        query = select(*columns).where(t.c.user_hash.in_(list(user_hashes)))
+        return await self._rows(query)
+
+    async def delete_handles(
+        self, handles: Sequence[str], *, user_hashes: Sequence[str] | None = None
+    ) -> int:
+        if not handles:
+            return 0
+        t = self.table
+        statement = delete(t).where(t.c.handle.in_(list(handles)))
+        if user_hashes is not None:
+            statement = statement.where(t.c.user_hash.in_(list(user_hashes)))
+        return await self._rowcount(statement, {})
+
+    async def delete_user(
+        self, user_hashes: Sequence[str], *, except_handle: str | None = None
+    ) -> int:
+        t = self.table
+        statement = delete(t).where(t.c.user_hash.in_(list(user_hashes)))
+        if except_handle is not None:
+            statement = statement.where(or_(t.c.handle.is_(None), t.c.handle != except_handle))
+        return await self._rowcount(statement, {})
+
+    async def _rows(self, query: Any) -> list[StoredSession]:
+        async def work(connection: AsyncConnection) -> list[StoredSession]:
+            result = await connection.execute(query)
+            return [_stored(row._mapping) for row in result]
+
+        return await self.run(work)
+
+
+def _stored(row: Any) -> StoredSession:
+    client = row["client"]
+    return StoredSession(
+        id_hash=row["id_hash"],
+        payload=bytes(row["payload"]),
+        version=int(row["version"]),
+        created_at=int(row["created_at"]),
+        touched_at=int(row["touched_at"]),
+        expires_at=int(row["expires_at"]),
+        handle=row["handle"],
+        user_hash=row["user_hash"],
+        client=None if client is None else bytes(client),
+    )
 
 
 def _hot_statements(t: Table, dialect: Any) -> dict[str, CompiledStatement]:
@@ -383,9 +438,15 @@ def _hot_statements(t: Table, dialect: Any) -> dict[str, CompiledStatement]:
     by_id_and_version = (by_id, t.c.version == bindparam("old_version"))
     return {
         "load": CompiledStatement(
-            select(t.c.payload, t.c.version, t.c.created_at, t.c.touched_at, t.c.expires_at).where(
-                by_id
-            ),
+            select(
+                t.c.payload,
+                t.c.version,
+                t.c.created_at,
+                t.c.touched_at,
+                t.c.expires_at,
+                t.c.handle,
+                t.c.user_hash,
+            ).where(by_id),
             dialect,
         ),
         "insert": CompiledStatement(insert(t), dialect, [c.name for c in t.columns]),
@@ -397,13 +458,20 @@ def _hot_statements(t: Table, dialect: Any) -> dict[str, CompiledStatement]:
                 version=bindparam("new_version"),
                 touched_at=bindparam("new_touched"),
                 expires_at=bindparam("new_expires"),
+                handle=bindparam("new_handle"),
+                user_hash=bindparam("new_user"),
+                client=bindparam("new_client"),
             ),
             dialect,
         ),
         "touch": CompiledStatement(
             update(t)
             .where(by_id)
-            .values(touched_at=bindparam("new_touched"), expires_at=bindparam("new_expires")),
+            .values(
+                touched_at=bindparam("new_touched"),
+                expires_at=bindparam("new_expires"),
+                client=bindparam("new_client"),
+            ),
             dialect,
         ),
         "delete": CompiledStatement(delete(t).where(by_id), dialect),
