@@ -1,4 +1,5 @@
-"""The quartsess sample app: log in, count visits, fill a cart; sessions stored in SQL.
+"""The quartsess sample app: log in, count visits, fill a cart, see and log out your devices;
+sessions stored in SQL.
 
 Serve it with ``hypercorn --config hypercorn.toml 'app:create_app()'``.
 """
@@ -16,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from quartsess import Session
 from quartsess.errors import SessionStoreUnavailable
 
-from . import auth, cart, views
+from . import auth, cart, devices, views
 from .auth import current_user
 from .cart import cart_count, money
 from .csrf import check_csrf, csrf_token, set_csrf_cookie
@@ -49,13 +50,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     """
     configure_logging()  # first: the start-up warnings below are log lines too
     test_config = dict(test_config or {})
+    clock = test_config.pop("CLOCK", time.time)  # quartsess's clock (epoch seconds), for tests
     instance_path = test_config.pop("INSTANCE_PATH", None) or os.environ.get(
         "QUARTSESS_INSTANCE_PATH"
     )
     app = Quart(__name__, instance_path=os.path.abspath(instance_path) if instance_path else None)
     app.config.update(
         SESSION_IDLE_TIMEOUT=timedelta(hours=2),
+        # A visitor who never logs in (a visit count, a cart) is forgotten sooner.
+        SESSION_ANONYMOUS_IDLE_TIMEOUT=timedelta(minutes=30),
         SESSION_ABSOLUTE_TIMEOUT=timedelta(hours=12),
+        # The app keeps the username under "user": quartsess binds the session to it,
+        # renews the ID whenever it changes and lists the user's devices by it.
+        SESSION_USER_KEY="user",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=2),
         SESSION_COOKIE_SAMESITE="Lax",
     )
@@ -81,7 +88,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_secret_key(app.instance_path)
 
-    Session(app)
+    Session(app, clock=clock)
     app.extensions["login_throttle"] = LoginThrottle(
         app.config.get("LOGIN_THROTTLE_DB") or os.path.join(app.instance_path, THROTTLE_FILE),
         per_account=app.config.get("LOGIN_LIMIT_PER_ACCOUNT", Limit(failures=5, window=900)),
@@ -91,6 +98,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(views.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(cart.bp)
+    app.register_blueprint(devices.bp)
     app.before_request(check_csrf)
     app.after_request(set_csrf_cookie)
     app.after_request(_security_headers)

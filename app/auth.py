@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import ParamSpec, TypeVar, cast
+from typing import ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from quart import (
@@ -23,8 +23,6 @@ from quart import (
     url_for,
 )
 from werkzeug.security import check_password_hash
-
-from quartsess import ServerSession
 
 from .csrf import rotate_csrf_token
 from .flashes import flash
@@ -138,7 +136,7 @@ async def login() -> ResponseReturnValue:
 
 @bp.post("/login")
 async def login_submit() -> ResponseReturnValue:
-    """Check the credentials; on success move the session to a new ID and log in.
+    """Check the credentials; on success log in (quartsess moves the session to a new ID).
 
     Too many failed logins for the account or from the client's address are refused with
     a 429 before the password is even checked, the right one included."""
@@ -164,10 +162,9 @@ async def login_submit() -> ResponseReturnValue:
         body = await render_template("login.html", error=error, **context)
         return body, 200
     await throttle.refund(username, client)
-    # A new ID at login defeats session fixation. (quart.session is typed as the
-    # generic SessionMixin; the object behind it is quartsess's ServerSession.)
-    cast(ServerSession, session).regenerate()
     rotate_csrf_token()
+    # "user" is SESSION_USER_KEY: quartsess moves the session to a new ID when it changes,
+    # which defeats session fixation without a call to regenerate().
     session["user"] = user.username
     await flash(f"Welcome, {user.display_name}!", "success")
     return redirect(safe_next(form.get("next")))

@@ -276,3 +276,70 @@ async def test_logout_leaves_no_cookie_and_no_stored_data(
     assert await page.evaluate("localStorage.length") == 0
     assert await page.evaluate("sessionStorage.length") == 0
     await screenshot(page, "12-logged-out-clean")
+
+
+async def open_watched_page(context: BrowserContext) -> tuple[Page, list[str]]:
+    """A page of ``context`` and the console errors it logs (as the ``page`` fixture)."""
+    opened = await context.new_page()
+    errors: list[str] = []
+    opened.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    return opened, errors
+
+
+async def test_one_device_logs_the_other_out_from_the_sessions_page(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """Two independent browsers logged in as alice, on a server of their own (so no other
+    test's sessions of alice show up): the second lists both and logs the first out."""
+    with hypercorn_server(server_env(tmp_path / "instance"), tmp_path / "server.log") as server:
+        first_context = await browser.new_context(
+            base_url=server.url, viewport={"width": 1100, "height": 800}
+        )
+        second_context = await browser.new_context(
+            base_url=server.url, viewport={"width": 1100, "height": 800}
+        )
+        try:
+            first, first_errors = await open_watched_page(first_context)
+            second, second_errors = await open_watched_page(second_context)
+            await log_in(first)
+            await expect(first).to_have_url(re.compile(r"/dashboard$"))
+            await log_in(second)
+            await expect(second).to_have_url(re.compile(r"/dashboard$"))
+
+            await second.get_by_role("link", name="Sessions", exact=True).click()
+            await expect(second).to_have_url(re.compile(r"/sessions/$"))
+            await expect(second.get_by_role("heading", name="Your sessions")).to_be_visible()
+            rows = second.locator("#devices-table tbody tr")
+            await expect(rows).to_have_count(2)
+            this_device = second.locator("tr.this-device")
+            await expect(this_device).to_have_count(1)
+            await expect(this_device).to_contain_text("this device")
+            await expect(this_device.locator(".browser")).to_have_text(
+                re.compile(r"^(Headless)?Chrom(e|ium) \d+$")
+            )
+            await expect(this_device.locator(".system")).to_have_text("Linux")
+            await expect(this_device.locator(".ip")).to_have_text("127.0.0.1")
+            await screenshot(second, "13-sessions-two-devices")
+
+            other = second.locator("tr.device:not(.this-device)")
+            await other.get_by_role("button", name=re.compile(r"^Log out ")).click()
+            await expect(second).to_have_url(re.compile(r"/sessions/$"))
+            await expect(second.get_by_text("That device is logged out.")).to_be_visible()
+            await expect(rows).to_have_count(1)
+            await expect(second.locator("#only-this-device")).to_be_visible()
+            await screenshot(second, "14-sessions-other-device-logged-out")
+
+            await first.goto("/dashboard")  # the first browser's very next page
+            await expect(first).to_have_url(re.compile(r"/login\?next=/dashboard$"))
+            await expect(first.get_by_role("button", name="Log in")).to_be_visible()
+            await screenshot(first, "15-logged-out-from-another-device")
+
+            await second.goto("/dashboard")  # the second stays logged in
+            await expect(second.get_by_role("heading", name="Hello, Alice Liddell")).to_be_visible()
+            assert first_errors == [] and second_errors == []
+        finally:
+            await first_context.close()
+            await second_context.close()

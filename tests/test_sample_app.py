@@ -896,7 +896,6 @@ def test_logging_is_left_alone_under_pytest(caplog: pytest.LogCaptureFixture) ->
     assert "still captured" in caplog.text
 
 
-
 async def test_secret_key_is_generated_once_into_the_instance_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -937,3 +936,230 @@ async def test_sessions_survive_an_app_restart(
         client = new_client(test_app)
         client.set_cookie("localhost", COOKIE, cookie)
         assert (await client.get("/dashboard")).status_code == 200
+
+
+# --- Your sessions: each device logged in as the user, logged out from another ---------------
+
+FIREFOX_ON_WINDOWS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0"
+)
+SAFARI_ON_IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1"
+)
+CHROME_ON_ANDROID = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Mobile Safari/537.36"
+)
+DATE = re.compile(r" \d{4}-\d\d-\d\d \d\d:\d\d UTC")
+DEVICE_ROW = re.compile(
+    r'<tr class="device( this-device)?" data-handle="([^"]+)">(.*?)</tr>', re.DOTALL
+)
+
+
+class Device:
+    """One browser: its own cookie jar, User-Agent and address on every request."""
+
+    def __init__(self, test_app: quart_typing.TestAppProtocol, user_agent: str, address: str):
+        self.client = new_client(test_app)
+        self.user_agent = user_agent
+        self.address = address
+
+    async def get(self, path: str) -> Response:
+        return await self.client.get(
+            path, headers={"User-Agent": self.user_agent}, scope_base={"client": self._client}
+        )
+
+    async def post(self, path: str, form: dict[str, str]) -> Response:
+        return await self.client.post(
+            path,
+            form=form,
+            headers={"User-Agent": self.user_agent},
+            scope_base={"client": self._client},
+        )
+
+    async def token(self, path: str = "/sessions/") -> str:
+        response = await self.get(path)
+        assert response.status_code == 200
+        match = TOKEN_FIELD.search(await text_of(response))
+        assert match is not None
+        return match.group(1)
+
+    async def log_in(self, username: str = "alice", password: str = "wonderland") -> None:  # noqa: S107
+        form = {
+            "username": username,
+            "password": password,
+            "csrf_token": await self.token("/login"),
+        }
+        response = await self.post("/login", form)
+        assert response.status_code == 302
+
+    async def rows(self) -> list[tuple[bool, str, str]]:
+        """``(this device, handle, row text)`` for each row of the sessions page, in order."""
+        response = await self.get("/sessions/")
+        assert response.status_code == 200
+        return [
+            (bool(current), handle, " ".join(re.sub(r"<[^>]+>", " ", cells).split()))
+            for current, handle, cells in DEVICE_ROW.findall(await text_of(response))
+        ]
+
+    async def is_logged_in(self) -> bool:
+        response = await self.get("/dashboard")
+        assert response.status_code in {200, 302}
+        return response.status_code == 200
+
+    @property
+    def _client(self) -> tuple[str, int]:
+        return (self.address, 50000)
+
+
+async def test_sessions_page_lists_each_device_of_the_user(tmp_path: Path) -> None:
+    async with build_app(tmp_path).test_app() as test_app:
+        laptop = Device(test_app, FIREFOX_ON_WINDOWS, "203.0.113.7")
+        phone = Device(test_app, SAFARI_ON_IPHONE, "198.51.100.20")
+        bobs = Device(test_app, CHROME_ON_ANDROID, "192.0.2.99")
+        await laptop.log_in()
+        await phone.log_in()
+        await bobs.log_in("bob", "builder")
+
+        rows = await laptop.rows()
+        assert [(current, DATE.split(text)[0]) for current, _, text in rows] == [
+            (True, "Firefox 133 on Windows 10 203.0.113.7"),
+            (False, "Mobile Safari 17 on iOS 17 198.51.100.20"),
+        ]
+        assert rows[0][2].endswith("this device")
+        assert rows[1][2].endswith("Log out")
+        assert len(DATE.findall(rows[0][2])) == 2  # signed in, last active
+        page = await text_of(await laptop.get("/sessions/"))
+        assert "Log out all other devices" in page
+        assert COOKIE not in page and (session_cookie(laptop.client) or "?") not in page
+
+        [(current, _, text)] = await bobs.rows()
+        assert current and text.startswith("Chrome Mobile 131 on Android 14 192.0.2.99")
+        assert "Log out all other devices" not in await text_of(await bobs.get("/sessions/"))
+
+
+async def test_sessions_page_needs_a_login(client: QuartClient) -> None:
+    response = await client.get("/sessions/")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login?next=/sessions/"
+    assert set_cookies(response) == []
+
+
+async def test_log_out_another_device(tmp_path: Path) -> None:
+    async with build_app(tmp_path).test_app() as test_app:
+        laptop = Device(test_app, FIREFOX_ON_WINDOWS, "203.0.113.7")
+        phone = Device(test_app, SAFARI_ON_IPHONE, "198.51.100.20")
+        await laptop.log_in()
+        await phone.log_in()
+        [_, (_, phone_handle, _)] = await laptop.rows()
+
+        response = await laptop.post(
+            "/sessions/revoke", {"handle": phone_handle, "csrf_token": await laptop.token()}
+        )
+        assert response.status_code == 302
+        assert response.headers["Location"] == "/sessions/"
+        page = await text_of(await laptop.get("/sessions/"))
+        assert "That device is logged out." in page
+        assert "You are logged in on this device only." in page
+        assert [current for current, _, _ in await laptop.rows()] == [True]
+        assert not await phone.is_logged_in()
+        assert await laptop.is_logged_in()
+
+        again = await laptop.post(
+            "/sessions/revoke", {"handle": phone_handle, "csrf_token": await laptop.token()}
+        )
+        assert again.status_code == 404  # already gone
+
+
+async def test_log_out_all_other_devices(tmp_path: Path) -> None:
+    async with build_app(tmp_path).test_app() as test_app:
+        laptop = Device(test_app, FIREFOX_ON_WINDOWS, "203.0.113.7")
+        phone = Device(test_app, SAFARI_ON_IPHONE, "198.51.100.20")
+        tablet = Device(test_app, CHROME_ON_ANDROID, "198.51.100.21")
+        bobs = Device(test_app, CHROME_ON_ANDROID, "192.0.2.99")
+        for device in (laptop, phone, tablet):
+            await device.log_in()
+        await bobs.log_in("bob", "builder")
+
+        response = await phone.post("/sessions/revoke-others", {"csrf_token": await phone.token()})
+        assert response.status_code == 302
+        assert "Logged out 2 other devices." in await text_of(await phone.get("/sessions/"))
+        assert [await device.is_logged_in() for device in (laptop, phone, tablet, bobs)] == [
+            False,
+            True,
+            False,
+            True,
+        ]
+        [(current, _, text)] = await phone.rows()
+        assert current and text.startswith("Mobile Safari 17 on iOS 17")
+
+
+async def test_logging_devices_out_needs_the_csrf_token(tmp_path: Path) -> None:
+    async with build_app(tmp_path).test_app() as test_app:
+        laptop = Device(test_app, FIREFOX_ON_WINDOWS, "203.0.113.7")
+        phone = Device(test_app, SAFARI_ON_IPHONE, "198.51.100.20")
+        await laptop.log_in()
+        await phone.log_in()
+        [_, (_, phone_handle, _)] = await laptop.rows()
+        forged = await phone.token()  # a valid token, but of another browser's nonce
+
+        for path, form in (
+            ("/sessions/revoke", {"handle": phone_handle}),
+            ("/sessions/revoke", {"handle": phone_handle, "csrf_token": forged}),
+            ("/sessions/revoke-others", {}),
+            ("/sessions/revoke-others", {"csrf_token": forged}),
+        ):
+            response = await laptop.post(path, form)
+            assert response.status_code == 400, (path, form)
+            assert "security token" in await text_of(response)
+        assert await phone.is_logged_in()
+        assert len(await laptop.rows()) == 2
+
+
+async def test_a_handle_of_another_user_or_of_this_device_is_refused(tmp_path: Path) -> None:
+    async with build_app(tmp_path).test_app() as test_app:
+        alices = Device(test_app, FIREFOX_ON_WINDOWS, "203.0.113.7")
+        bobs = Device(test_app, CHROME_ON_ANDROID, "192.0.2.99")
+        await alices.log_in()
+        await bobs.log_in("bob", "builder")
+        [(_, alice_handle, _)] = await alices.rows()
+        [(_, bob_handle, _)] = await bobs.rows()
+
+        for handle in (alice_handle, "no-such-handle"):
+            response = await bobs.post(
+                "/sessions/revoke", {"handle": handle, "csrf_token": await bobs.token()}
+            )
+            assert response.status_code == 404
+        own = await bobs.post(
+            "/sessions/revoke", {"handle": bob_handle, "csrf_token": await bobs.token()}
+        )
+        assert own.status_code == 400  # this device logs out with "Log out"
+        empty = await bobs.post("/sessions/revoke", {"csrf_token": await bobs.token()})
+        assert empty.status_code == 400
+        assert await alices.is_logged_in()
+        assert await bobs.is_logged_in()
+
+
+async def visits_shown(response: Response) -> int:
+    match = re.search(r'<output id="visits"[^>]*>(\d+)</output>', await text_of(response))
+    assert match is not None
+    return int(match.group(1))
+
+
+async def test_visitors_who_never_log_in_are_forgotten_after_30_idle_minutes(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with build_app(tmp_path, CLOCK=clock).test_app() as test_app:
+        visitor = new_client(test_app)
+        user = new_client(test_app)
+        await visitor.get("/visits")
+        await log_in(user)
+        clock.advance(29 * 60)
+        assert await visits_shown(await visitor.get("/visits")) == 2
+        assert (await user.get("/dashboard")).status_code == 200
+        clock.advance(31 * 60)
+        assert await visits_shown(await visitor.get("/visits")) == 1  # a new session
+        assert (await user.get("/dashboard")).status_code == 200  # users: 2 hours
+        clock.advance(121 * 60)
+        assert (await user.get("/dashboard")).status_code == 302

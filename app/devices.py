@@ -1,0 +1,116 @@
+"""Your sessions: every device the user is logged in on, and logging them out from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+from quart import (
+    Blueprint,
+    ResponseReturnValue,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from ua_parser import parse
+
+from quartsess import Session, SessionInfo, session
+
+from .auth import current_user, login_required
+from .flashes import flash
+
+bp = Blueprint("devices", __name__, url_prefix="/sessions")
+
+UNKNOWN_BROWSER = "Unknown browser"
+UNKNOWN_SYSTEM = "unknown system"
+
+
+@dataclass(frozen=True)
+class Device:
+    """One row of the page: a session as its user recognises it."""
+
+    handle: str
+    browser: str
+    system: str
+    ip_address: str
+    signed_in: datetime
+    last_active: datetime
+    current: bool
+
+
+@lru_cache(maxsize=256)
+def describe_user_agent(user_agent: str | None) -> tuple[str, str]:
+    """``(browser, operating system)`` read from a User-Agent: ``("Firefox 133", "Windows 10")``."""
+    if not user_agent:
+        return UNKNOWN_BROWSER, UNKNOWN_SYSTEM
+    parsed = parse(user_agent)
+    browser = UNKNOWN_BROWSER
+    if parsed.user_agent is not None and parsed.user_agent.family != "Other":
+        browser = " ".join(filter(None, (parsed.user_agent.family, parsed.user_agent.major)))
+    system = UNKNOWN_SYSTEM
+    if parsed.os is not None and parsed.os.family != "Other":
+        system = " ".join(filter(None, (parsed.os.family, parsed.os.major)))
+    return browser, system
+
+
+def device_of(info: SessionInfo) -> Device:
+    browser, system = describe_user_agent(info.user_agent)
+    return Device(
+        handle=info.handle,
+        browser=browser,
+        system=system,
+        ip_address=info.ip_address or "unknown",
+        signed_in=info.created_at,
+        last_active=info.last_seen_at,
+        current=info.current,
+    )
+
+
+def sessions_extension() -> Session:
+    extension: Session = current_app.extensions["quartsess"]
+    return extension
+
+
+def username() -> str:
+    user = current_user()
+    if user is None:  # login_required runs first; this keeps the types honest
+        abort(403)
+    return user.username
+
+
+@bp.get("/")
+@login_required
+async def show() -> ResponseReturnValue:
+    """One row per device, this one first, then the most recently active."""
+    sessions = await sessions_extension().user_sessions(username())
+    devices = sorted((device_of(info) for info in sessions), key=lambda device: not device.current)
+    return await render_template("devices.html", devices=devices)
+
+
+@bp.post("/revoke")
+@login_required
+async def revoke() -> ResponseReturnValue:
+    """Log out one other device of this user; a handle of anyone else's session is a 404."""
+    handle = (await request.form).get("handle", "")
+    if not handle:
+        abort(400, description="No session given.")
+    if handle == session.handle:
+        abort(400, description="To end this device's session, use Log out.")
+    if not await sessions_extension().revoke_session(handle, user=username()):
+        abort(404, description="No such session of yours: it may have ended already.")
+    await flash("That device is logged out.", "success")
+    return redirect(url_for("devices.show"))
+
+
+@bp.post("/revoke-others")
+@login_required
+async def revoke_others() -> ResponseReturnValue:
+    """Log out every device of this user but this one."""
+    count = await sessions_extension().revoke_user_sessions(username(), keep_current=True)
+    others = "1 other device" if count == 1 else f"{count} other devices"
+    await flash(f"Logged out {others}.", "success")
+    return redirect(url_for("devices.show"))
