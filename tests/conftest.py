@@ -4,7 +4,9 @@ an injectable clock, and an app factory.
 PostgreSQL and MariaDB tests run against real servers. Their URLs come from
 QUARTSESS_TEST_POSTGRES_URL / QUARTSESS_TEST_MARIADB_URL (defaults: the loopback servers
 of the project's machines). A server that does not answer skips its tests with a reason,
-except when CI=true, where it fails them.
+except when CI=true, where it fails them. With QUARTSESS_TEST_PGBOUNCER=1 the PostgreSQL
+tests go through a PgBouncer in transaction pooling mode that the run starts in front of
+that server (``tests/pgbouncer.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,22 @@ SERVER_URLS = {
     ),
 }
 BACKENDS = ["sqlite", *SERVER_URLS]
+THROUGH_PGBOUNCER = os.environ.get("QUARTSESS_TEST_PGBOUNCER", "") == "1"
+_run_resources = ExitStack()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if THROUGH_PGBOUNCER:
+        from tests.pgbouncer import pgbouncer
+
+        bouncer = _run_resources.enter_context(pgbouncer(SERVER_URLS["postgresql"]))
+        SERVER_URLS["postgresql"] = bouncer.url_for(SERVER_URLS["postgresql"])
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _run_resources.close()
+
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 SECRET = "test-secret-key-0123456789abcdef"
 
@@ -55,7 +74,9 @@ async def _server_problem(backend: str) -> str | None:
 
 
 def _probe_args(backend: str) -> dict[str, Any]:
-    return {"timeout": 3} if backend == "postgresql" else {"connect_timeout": 3}
+    if backend == "postgresql":  # unnamed statements: through a pooler too
+        return {"timeout": 3, "statement_cache_size": 0, "prepared_statement_cache_size": 0}
+    return {"connect_timeout": 3}
 
 
 async def require_server(backend: str) -> str:
