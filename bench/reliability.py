@@ -21,6 +21,7 @@ from typing import Any
 
 from tests.reliability import (
     Outcome,
+    mariadb_restart,
     mixed_load,
     postgres_outage,
     postgres_restart,
@@ -32,9 +33,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get(
     "QUARTSESS_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
+MARIADB_URL = os.environ.get(
+    "QUARTSESS_TEST_MARIADB_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"
+)
 
 
-async def run_all(seconds: float, clients: int, restart_postgres: bool) -> list[Outcome]:
+async def run_all(
+    seconds: float, clients: int, restart_postgres: bool, restart_mariadb: bool = False
+) -> list[Outcome]:
     outcomes = []
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
@@ -72,6 +78,12 @@ async def run_all(seconds: float, clients: int, restart_postgres: bool) -> list[
         if restart_postgres:
             outcomes.append(
                 await postgres_restart(work, PG_URL, workers=2, clients=clients, duration=seconds)
+            )
+        if restart_mariadb:
+            outcomes.append(
+                await mariadb_restart(
+                    work, MARIADB_URL, workers=2, clients=clients, duration=seconds
+                )
             )
         outcomes.append(await worker_killed(work, clients=clients, duration=seconds))
         outcomes.append(
@@ -129,7 +141,9 @@ def markdown(outcomes: list[Outcome], command: str) -> str:
         "  outage's own `session store unavailable` lines are expected and not counted).",
         "- The outage drops every connection to PostgreSQL and refuses new ones (through a",
         "  loopback proxy), then lets them through again; with `--restart-postgres` the",
-        "  PostgreSQL cluster itself is restarted (`pg_ctlcluster ... restart`) mid-load;",
+        "  PostgreSQL cluster itself is restarted (`pg_ctlcluster ... restart`) mid-load; with",
+        "  `--restart-mariadb` the MariaDB server is stopped and started again",
+        "  (`start-stop-daemon --stop` / `--start`) mid-load;",
         "  the killed worker is SIGKILLed,",
         "  hypercorn then stops its sibling, and the server is started again on the same",
         "  port while users keep going; after it, the SQLite file passes",
@@ -148,11 +162,20 @@ def main() -> None:
         action="store_true",
         help="also restart the local PostgreSQL cluster mid-load (root; disrupts its other users)",
     )
+    parser.add_argument(
+        "--restart-mariadb",
+        action="store_true",
+        help="also stop and start the local MariaDB mid-load (root; disrupts its other users)",
+    )
     args = parser.parse_args()
-    outcomes = asyncio.run(run_all(args.seconds, args.clients, args.restart_postgres))
+    outcomes = asyncio.run(
+        run_all(args.seconds, args.clients, args.restart_postgres, args.restart_mariadb)
+    )
     command = f"python -m bench.reliability --seconds {args.seconds:g} --clients {args.clients}"
     if args.restart_postgres:
         command += " --restart-postgres"
+    if args.restart_mariadb:
+        command += " --restart-mariadb"
     args.output.parent.mkdir(exist_ok=True)
     args.output.write_text(markdown(outcomes, command))
     rows: list[dict[str, Any]] = [outcome.row() for outcome in outcomes]
