@@ -67,6 +67,14 @@ class AsyncpgRunner:
         kwargs = self._connect_kwargs
         self._named_statements = int(kwargs["statement_cache_size"]) > 0
         self._acquire_timeout = float(kwargs.get("timeout", 5))
+        # A per-request statement is one row by its key: milliseconds on a live server.
+        # Bounded like the connect (not by command_timeout, 30 s, meant for maintenance),
+        # so a partition, where no connection reset ever arrives, gives a 503 within
+        # seconds instead of requests hanging until the network comes back.
+        command_timeout = kwargs.get("command_timeout")
+        self._statement_timeout = min(
+            self._acquire_timeout, float(command_timeout or self._acquire_timeout)
+        )
         self._max_size = max_size
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[Any] = []  # connections ready for use, most recently used last
@@ -105,17 +113,20 @@ class AsyncpgRunner:
         connection = await self._acquire()
         try:
             arguments = statement.arguments(params)
+            timeout = self._statement_timeout
             if self._named_statements:  # asyncpg's own cache (direct connections only)
+                sql, status = statement.sql, None
                 if one_row:
-                    result, status = await connection.fetchrow(statement.sql, *arguments), None
+                    result = await connection.fetchrow(sql, *arguments, timeout=timeout)
                 else:
-                    result, status = None, await connection.execute(statement.sql, *arguments)
+                    result = None
+                    status = await connection.execute(sql, *arguments, timeout=timeout)
             else:
                 prepared = await self._prepared(connection, statement.sql)
                 if one_row:
-                    result = await prepared.fetchrow(*arguments)
+                    result = await prepared.fetchrow(*arguments, timeout=timeout)
                 else:
-                    result = await prepared.fetch(*arguments)
+                    result = await prepared.fetch(*arguments, timeout=timeout)
                 status = prepared.get_statusmsg()
         except BaseException as error:
             replacement = self._failed(connection, error)
@@ -130,7 +141,7 @@ class AsyncpgRunner:
         statements = self._members.get(connection)
         prepared = None if statements is None else statements.get(sql)
         if prepared is None:
-            prepared = await connection.prepare(sql, name="")
+            prepared = await connection.prepare(sql, name="", timeout=self._statement_timeout)
             if statements is not None:
                 statements[sql] = prepared
         return prepared
