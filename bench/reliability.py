@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.pgbouncer import pgbouncer
+from tests.pgbouncer import unavailable as pgbouncer_unavailable
 from tests.reliability import (
     Outcome,
     mariadb_restart,
@@ -30,6 +32,7 @@ from tests.reliability import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+KEEP = "<!-- bench/reliability.py keeps what follows -->"
 PG_URL = os.environ.get(
     "QUARTSESS_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
@@ -65,6 +68,18 @@ async def run_all(
                 name="Mixed load, PostgreSQL",
             )
         )
+        if pgbouncer_unavailable() is None:
+            with pgbouncer(PG_URL, pool_size=20) as bouncer:
+                outcomes.append(
+                    await mixed_load(
+                        work,
+                        bouncer.url_for(PG_URL),
+                        workers=4,
+                        clients=clients * 2,
+                        duration=seconds,
+                        name="Mixed load, PostgreSQL through PgBouncer (transaction mode)",
+                    )
+                )
         outcomes.append(
             await postgres_outage(
                 work,
@@ -148,6 +163,9 @@ def markdown(outcomes: list[Outcome], command: str) -> str:
         "  hypercorn then stops its sibling, and the server is started again on the same",
         "  port while users keep going; after it, the SQLite file passes",
         "  `PRAGMA integrity_check` and every row decrypts.",
+        "- *Through PgBouncer*: a PgBouncer 1.18 (`pool_mode = transaction`, 20 server",
+        "  connections) started by the run in front of the same PostgreSQL; quartsess has",
+        "  no setting for it (`docs/deployment.md`).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -177,7 +195,10 @@ def main() -> None:
     if args.restart_mariadb:
         command += " --restart-mariadb"
     args.output.parent.mkdir(exist_ok=True)
-    args.output.write_text(markdown(outcomes, command))
+    kept = ""  # the sections of other runs (bench/multihost.py) and prose after the table
+    if args.output.exists() and KEEP in (current := args.output.read_text()):
+        kept = "\n" + KEEP + current.split(KEEP, 1)[1]
+    args.output.write_text(markdown(outcomes, command) + kept)
     rows: list[dict[str, Any]] = [outcome.row() for outcome in outcomes]
     print(json.dumps(rows, indent=2, default=str))
     failed = [o.name for o in outcomes if o.report.mismatches or o.report.sessions_lost]
