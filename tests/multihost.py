@@ -77,12 +77,20 @@ class FaultyForwarder:
         for task in list(self._tasks):
             task.cancel()
         async with asyncio.timeout(5):
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            for _ in range(100):  # bounded; also connections accepted while closing
+                await asyncio.sleep(0.02)  # late accepts start; aborted sockets close
+                if not self._tasks:
+                    break
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
             if self._server is not None:
                 await self._server.wait_closed()
-        await asyncio.sleep(0)  # the aborted sockets close in callbacks of this loop
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closed:  # accepted just before close(), started after it
+            writer.transport.abort()
+            return
         self._accepting.add(writer)  # close() aborts it even while upstream connects
         task = asyncio.current_task()
         if task is not None:  # close() waits for it
@@ -163,10 +171,23 @@ class BackgroundLoop:
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=15)
 
+    @staticmethod
+    async def _drain() -> None:
+        """Let what is still running end (connections accepted late, their sockets'
+        close callbacks), bounded, so nothing is left open when the loop stops."""
+        me = asyncio.current_task()
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            others = [task for task in asyncio.all_tasks() if task is not me]
+            if not others:
+                return
+            await asyncio.wait(others, timeout=0.2)
+
     def call(self, function: Callable[[], None]) -> None:
         self.loop.call_soon_threadsafe(function)
 
     def close(self) -> None:
+        self.run(self._drain())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
