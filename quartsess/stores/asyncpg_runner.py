@@ -56,7 +56,7 @@ class AsyncpgRunner:
     connection is free: asyncpg's named, cached statements there fail with
     ``prepared statement "__asyncpg_stmt_N__" already exists`` / ``does not exist``, or
     could even run another client's statement of the same name. Re-parsing costs the
-    server some 30 us per statement; an app that connects to PostgreSQL directly can
+    server some 40 us per statement; an app that connects to PostgreSQL directly can
     opt back into asyncpg's named statements with ``connect_args={"statement_cache_size":
     100}`` in ``SESSION_ENGINE_OPTIONS``."""
 
