@@ -19,8 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.pgbouncer import pgbouncer
+from tests.pgbouncer import unavailable as pgbouncer_unavailable
 from tests.reliability import (
     Outcome,
+    mariadb_restart,
     mixed_load,
     postgres_outage,
     postgres_restart,
@@ -29,12 +32,18 @@ from tests.reliability import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+KEEP = "<!-- bench/reliability.py keeps what follows -->"
 PG_URL = os.environ.get(
     "QUARTSESS_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
+MARIADB_URL = os.environ.get(
+    "QUARTSESS_TEST_MARIADB_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"
+)
 
 
-async def run_all(seconds: float, clients: int, restart_postgres: bool) -> list[Outcome]:
+async def run_all(
+    seconds: float, clients: int, restart_postgres: bool, restart_mariadb: bool = False
+) -> list[Outcome]:
     outcomes = []
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
@@ -59,6 +68,18 @@ async def run_all(seconds: float, clients: int, restart_postgres: bool) -> list[
                 name="Mixed load, PostgreSQL",
             )
         )
+        if pgbouncer_unavailable() is None:
+            with pgbouncer(PG_URL, pool_size=20) as bouncer:
+                outcomes.append(
+                    await mixed_load(
+                        work,
+                        bouncer.url_for(PG_URL),
+                        workers=4,
+                        clients=clients * 2,
+                        duration=seconds,
+                        name="Mixed load, PostgreSQL through PgBouncer (transaction mode)",
+                    )
+                )
         outcomes.append(
             await postgres_outage(
                 work,
@@ -72,6 +93,12 @@ async def run_all(seconds: float, clients: int, restart_postgres: bool) -> list[
         if restart_postgres:
             outcomes.append(
                 await postgres_restart(work, PG_URL, workers=2, clients=clients, duration=seconds)
+            )
+        if restart_mariadb:
+            outcomes.append(
+                await mariadb_restart(
+                    work, MARIADB_URL, workers=2, clients=clients, duration=seconds
+                )
             )
         outcomes.append(await worker_killed(work, clients=clients, duration=seconds))
         outcomes.append(
@@ -129,11 +156,16 @@ def markdown(outcomes: list[Outcome], command: str) -> str:
         "  outage's own `session store unavailable` lines are expected and not counted).",
         "- The outage drops every connection to PostgreSQL and refuses new ones (through a",
         "  loopback proxy), then lets them through again; with `--restart-postgres` the",
-        "  PostgreSQL cluster itself is restarted (`pg_ctlcluster ... restart`) mid-load;",
+        "  PostgreSQL cluster itself is restarted (`pg_ctlcluster ... restart`) mid-load; with",
+        "  `--restart-mariadb` the MariaDB server is stopped and started again",
+        "  (`start-stop-daemon --stop` / `--start`) mid-load;",
         "  the killed worker is SIGKILLed,",
         "  hypercorn then stops its sibling, and the server is started again on the same",
         "  port while users keep going; after it, the SQLite file passes",
         "  `PRAGMA integrity_check` and every row decrypts.",
+        "- *Through PgBouncer*: a PgBouncer 1.18 (`pool_mode = transaction`, 20 server",
+        "  connections) started by the run in front of the same PostgreSQL; quartsess has",
+        "  no setting for it (`docs/deployment.md`).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -148,13 +180,25 @@ def main() -> None:
         action="store_true",
         help="also restart the local PostgreSQL cluster mid-load (root; disrupts its other users)",
     )
+    parser.add_argument(
+        "--restart-mariadb",
+        action="store_true",
+        help="also stop and start the local MariaDB mid-load (root; disrupts its other users)",
+    )
     args = parser.parse_args()
-    outcomes = asyncio.run(run_all(args.seconds, args.clients, args.restart_postgres))
+    outcomes = asyncio.run(
+        run_all(args.seconds, args.clients, args.restart_postgres, args.restart_mariadb)
+    )
     command = f"python -m bench.reliability --seconds {args.seconds:g} --clients {args.clients}"
     if args.restart_postgres:
         command += " --restart-postgres"
+    if args.restart_mariadb:
+        command += " --restart-mariadb"
     args.output.parent.mkdir(exist_ok=True)
-    args.output.write_text(markdown(outcomes, command))
+    kept = ""  # the sections of other runs (bench/multihost.py) and prose after the table
+    if args.output.exists() and KEEP in (current := args.output.read_text()):
+        kept = "\n" + KEEP + current.split(KEEP, 1)[1]
+    args.output.write_text(markdown(outcomes, command) + kept)
     rows: list[dict[str, Any]] = [outcome.row() for outcome in outcomes]
     print(json.dumps(rows, indent=2, default=str))
     failed = [o.name for o in outcomes if o.report.mismatches or o.report.sessions_lost]

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from .config import SessionConfig
 from .errors import ConfigurationError
+from .stores.connections import effective_connect_args
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -176,7 +177,11 @@ def _run(info: ScriptInfo, work: Callable[[Config], None]) -> SessionConfig:
     url = settings.db_url.render_as_string(hide_password=True)
 
     async def main() -> None:
-        engine = create_async_engine(settings.db_url, **settings.engine_options)
+        # The store's connect arguments (short time-outs, statements that work through a
+        # transaction-pooling PgBouncer), then the app's engine options.
+        connect_args = effective_connect_args(settings.db_url, settings.engine_options)
+        options = {**settings.engine_options, "connect_args": connect_args}
+        engine = create_async_engine(settings.db_url, **options)
         try:
             async with engine.connect() as connection:
 

@@ -4,7 +4,9 @@ an injectable clock, and an app factory.
 PostgreSQL and MariaDB tests run against real servers. Their URLs come from
 QUARTSESS_TEST_POSTGRES_URL / QUARTSESS_TEST_MARIADB_URL (defaults: the loopback servers
 of the project's machines). A server that does not answer skips its tests with a reason,
-except when CI=true, where it fails them.
+except when CI=true, where it fails them. With QUARTSESS_TEST_PGBOUNCER=1 the PostgreSQL
+tests go through a PgBouncer in transaction pooling mode that the run starts in front of
+that server (``tests/pgbouncer.py``).
 
 Server tables get names from ``tests.tables.unique_table``; at the end of the run, a table
 of this run still on a server fails the run (see ``pytest_sessionfinish``).
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,18 @@ SERVER_URLS = {
     ),
 }
 BACKENDS = ["sqlite", *SERVER_URLS]
+THROUGH_PGBOUNCER = os.environ.get("QUARTSESS_TEST_PGBOUNCER", "") == "1"
+_run_resources = ExitStack()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if THROUGH_PGBOUNCER:
+        from tests.pgbouncer import pgbouncer
+
+        bouncer = _run_resources.enter_context(pgbouncer(SERVER_URLS["postgresql"]))
+        SERVER_URLS["postgresql"] = bouncer.url_for(SERVER_URLS["postgresql"])
+
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 SECRET = "test-secret-key-0123456789abcdef"
 
@@ -60,7 +75,9 @@ async def _server_problem(backend: str) -> str | None:
 
 
 def _probe_args(backend: str) -> dict[str, Any]:
-    return {"timeout": 3} if backend == "postgresql" else {"connect_timeout": 3}
+    if backend == "postgresql":  # unnamed statements: through a pooler too
+        return {"timeout": 3, "statement_cache_size": 0, "prepared_statement_cache_size": 0}
+    return {"connect_timeout": 3}
 
 
 async def require_server(backend: str) -> str:
@@ -149,13 +166,17 @@ def _left_behind() -> tuple[list[str], list[str]]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run when a test left one of this run's tables on a server."""
-    if not _tables_at_start:
-        return
-    ours, unsure = _left_behind()
-    session.config.stash[_LEFT_BEHIND] = (ours, unsure)
-    if ours and exitstatus == pytest.ExitCode.OK:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    """Fail the run when a test left one of this run's tables on a server; then stop what
+    the run started (a PgBouncer), after that check, which may go through it."""
+    try:
+        if not _tables_at_start:
+            return
+        ours, unsure = _left_behind()
+        session.config.stash[_LEFT_BEHIND] = (ours, unsure)
+        if ours and exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    finally:
+        _run_resources.close()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

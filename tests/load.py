@@ -34,6 +34,7 @@ class LoadReport:
     transport_errors: int = 0
     transport_error_kinds: Counter[str] = field(default_factory=Counter)
     slowest_503: float = 0.0
+    slowest: float = 0.0  # any response or transport error
     sessions_checked: int = 0
     sessions_lost: int = 0
     mismatches: list[str] = field(default_factory=list)
@@ -52,6 +53,7 @@ class LoadReport:
             "transport_errors": self.transport_errors,
             "transport_error_kinds": dict(self.transport_error_kinds),
             "slowest_503_s": round(self.slowest_503, 3),
+            "slowest_s": round(self.slowest, 3),
             "sessions_checked": self.sessions_checked,
             "sessions_lost": self.sessions_lost,
             "resyncs": self.resyncs,
@@ -70,6 +72,7 @@ class User:
         report: LoadReport,
         rng: random.Random,
         verify: bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
     ):
         self.verify = verify
         self.number = number
@@ -83,6 +86,7 @@ class User:
             base_url=base_url,
             timeout=REQUEST_TIMEOUT,
             limits=httpx.Limits(keepalive_expiry=2.0),
+            transport=transport,
         )
 
     async def request(self, method: str, path: str) -> dict[str, Any]:
@@ -91,10 +95,12 @@ class User:
         try:
             response = await self.client.request(method, path)
         except httpx.TransportError as error:
+            self.report.slowest = max(self.report.slowest, time.monotonic() - started)
             self.report.transport_errors += 1
             self.report.transport_error_kinds[type(error).__name__] += 1
             raise Unknown(str(error)) from error
         self.report.statuses[response.status_code] += 1
+        self.report.slowest = max(self.report.slowest, time.monotonic() - started)
         if response.status_code == 503:
             self.report.slowest_503 = max(self.report.slowest_503, time.monotonic() - started)
             raise Unknown("503")
@@ -215,12 +221,19 @@ async def run_load(
     fault: Callable[[], Awaitable[None]] | None = None,
     fault_at: float = 0.4,
     verify: bool = True,
+    transport: Callable[[random.Random], httpx.AsyncBaseTransport] | None = None,
 ) -> LoadReport:
     """Run ``clients`` users for ``duration`` seconds (bounded), optionally running
-    ``fault`` once ``fault_at`` of the way through; then check every session."""
+    ``fault`` once ``fault_at`` of the way through; then check every session.
+    ``transport(rng)`` gives each user its own HTTP transport (e.g. one spreading its
+    requests over several hosts, as a load balancer does)."""
     report = LoadReport(clients=clients, duration=duration)
     rng = random.Random(seed)
-    users = [User(n, base_url, report, random.Random(rng.random()), verify) for n in range(clients)]
+    users = []
+    for number in range(clients):
+        user_rng = random.Random(rng.random())
+        own = None if transport is None else transport(random.Random(rng.random()))
+        users.append(User(number, base_url, report, user_rng, verify, own))
     stop_at = time.monotonic() + duration
 
     async def drive(user: User) -> None:

@@ -204,6 +204,87 @@ async def postgres_restart(
     return Outcome("PostgreSQL restarted mid-load", workers, report, notes, problems)
 
 
+MARIADBD = "/usr/sbin/mariadbd"
+START_STOP_DAEMON = "/usr/sbin/start-stop-daemon"
+MARIADB_READY_TIMEOUT = 60.0
+
+
+def mariadb_answers() -> bool:
+    """Whether the local MariaDB server answers (``mariadb-admin status``, bounded)."""
+    try:
+        completed = subprocess.run(
+            ["mariadb-admin", "-h", "127.0.0.1", "-uroot", "status"],  # noqa: S607
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return completed.returncode == 0
+
+
+def start_mariadb() -> float:
+    """Start the local MariaDB server if it is not running (as ``.ci/run`` does) and wait,
+    bounded, until it answers; returns how long that took."""
+    started = time.monotonic()
+    subprocess.run(  # noqa: S603 - fixed arguments
+        [START_STOP_DAEMON, "--start", "--oknodo", "--background", "--exec", MARIADBD],
+        check=True,
+        timeout=30,
+    )
+    while time.monotonic() - started < MARIADB_READY_TIMEOUT:
+        if mariadb_answers():
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise RuntimeError(f"MariaDB did not answer within {MARIADB_READY_TIMEOUT:g} s of its start")
+
+
+def stop_mariadb() -> None:
+    """Stop the local MariaDB server (SIGTERM, waiting up to 60 s for it to exit)."""
+    subprocess.run(  # noqa: S603 - fixed arguments
+        [START_STOP_DAEMON, "--stop", "--oknodo", "--retry", "TERM/60/KILL/5", "--exec", MARIADBD],
+        check=True,
+        timeout=90,
+    )
+
+
+async def mariadb_restart(
+    workdir: Path, db_url: str, *, workers: int, clients: int, duration: float
+) -> Outcome:
+    """The local MariaDB server itself stopped and started mid-load (``start-stop-daemon``,
+    as root on the machine that runs it). Disrupts every other user of that server; it is
+    running again at the end whatever happens."""
+    table = unique_table("qs_restart")
+    notes: dict[str, Any] = {}
+
+    async def fault() -> None:
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(stop_mariadb)
+            notes["stop_s"] = round(time.monotonic() - started, 2)
+        finally:
+            await asyncio.to_thread(start_mariadb)
+        notes["restart_s"] = round(time.monotonic() - started, 2)
+
+    try:
+        report, problems = await serve_and_load(
+            workdir,
+            db_url,
+            table,
+            workers=workers,
+            name="mariadb-restart",
+            clients=clients,
+            duration=duration,
+            fault=fault,
+            expected_in_log=(OUTAGE_LINE,),
+        )
+    finally:
+        if not mariadb_answers():
+            await asyncio.to_thread(start_mariadb)
+        await drop_tables_of(db_url, table)
+    return Outcome("MariaDB restarted mid-load", workers, report, notes, problems)
+
+
 def _local_cluster() -> list[str]:
     """``[version, name]`` of the one local PostgreSQL cluster (Debian's layout)."""
     versions = sorted(os.listdir("/etc/postgresql"))

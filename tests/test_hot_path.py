@@ -183,7 +183,7 @@ async def test_closing_the_pool_fails_waiting_requests_at_once_and_keeps_no_conn
         with pytest.raises(StoreError, match="closed"):
             await waiting  # at once, not after the 2 s acquire time-out
         await asyncio.gather(*busy)  # statements in flight finish; their connections close
-    assert (runner._slots, runner._idle, runner._members) == (0, [], set())
+    assert (runner._slots, runner._idle, runner._members) == (0, [], {})
 
 
 async def test_a_connection_opened_while_the_pool_closes_is_not_kept(
@@ -195,5 +195,5 @@ async def test_a_connection_opened_while_the_pool_closes_is_not_kept(
     await runner.close()
     with pytest.raises(StoreError, match="closed"):
         await asyncio.wait_for(connecting, 10)
-    assert (runner._slots, runner._idle, runner._members) == (0, [], set())
+    assert (runner._slots, runner._idle, runner._members) == (0, [], {})
     assert await runner.fetch_one(sleep, {"s": 0}) == (None,)  # usable again afterwards

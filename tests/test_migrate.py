@@ -13,12 +13,12 @@ import pytest
 from quart import Quart
 from quart.cli import ScriptInfo
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quartsess.cli import sessions_cli
 from tests.conftest import SECRET, AppFactory
 from tests.installed import ROOT, FreshVenv, build, fresh_venv
-from tests.support import add_routes, stored_rows
+from tests.support import add_routes, helper_engine, stored_rows
 from tests.test_alembic import current_revision, describe
 
 YOURAPP = f"""
@@ -55,7 +55,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
 @pytest.fixture
 async def engine(db_url: str, table_name: str) -> AsyncIterator[AsyncEngine]:
     """An engine on the test database; drops this test's Alembic version table after."""
-    engine = create_async_engine(db_url)
+    engine = helper_engine(db_url)
     yield engine
     try:
         async with engine.begin() as connection:

@@ -5,12 +5,17 @@ visitors, counters, carts, logins and logouts, with faults injected mid-load."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from tests.conftest import require_server
+from tests.conftest import IN_CI, require_server
 from tests.reliability import (
+    MARIADBD,
+    mariadb_answers,
+    mariadb_restart,
     mixed_load,
     postgres_outage,
     shutdown_under_load,
@@ -83,3 +88,33 @@ async def test_shutdown_under_load_is_clean(tmp_path: Path) -> None:
     assert outcome.notes["stop_s"] < 12  # within hypercorn's graceful timeout (10 s)
     assert outcome.problems == []
     assert outcome.report.server_errors == 0
+
+
+# Restarting the machine's MariaDB disrupts everyone else using it: CI runs alone on its
+# machine; on a shared one, ask for it.
+RESTARTS_ALLOWED = IN_CI or os.environ.get("QUARTSESS_TEST_RESTART_SERVERS") == "1"
+MARIADBD_HERE = Path(MARIADBD).exists()
+
+
+async def test_mariadb_restarted_mid_load_gives_503s_and_recovers(tmp_path: Path) -> None:
+    url = await require_server("mariadb")
+    if not RESTARTS_ALLOWED:
+        pytest.skip("restarts the shared MariaDB server: set QUARTSESS_TEST_RESTART_SERVERS=1")
+    problem = None
+    if make_url(url).host not in ("127.0.0.1", "localhost"):
+        problem = f"the MariaDB under test ({make_url(url).host}) is not this machine's"
+    elif os.geteuid() != 0 or not MARIADBD_HERE:
+        problem = f"restarting {MARIADBD} needs root and the server on this machine"
+    if problem is not None:
+        if IN_CI:
+            pytest.fail(f"{problem}; required when CI=true")
+        pytest.skip(problem)
+    outcome = await mariadb_restart(tmp_path, url, workers=2, clients=16, duration=12.0)
+    report = outcome.report
+    assert mariadb_answers()  # running again, whatever happened
+    assert report.statuses[503] > 0  # the restart was felt...
+    assert set(report.statuses) <= {200, 503}  # ...as 503s only
+    assert report.transport_errors == 0
+    assert report.slowest_503 < 6.0
+    assert_nothing_lost(outcome)
+    assert outcome.problems == []

@@ -10,6 +10,9 @@ from typing import Any
 from ..errors import StoreError
 from .statements import CompiledStatement, Row
 
+# SQLAlchemy's asyncpg dialect options (in connect_args), not asyncpg.connect() arguments.
+_SQLALCHEMY_ONLY_KEYS = frozenset({"prepared_statement_cache_size", "prepared_statement_name_func"})
+
 # asyncpg.connect() keyword arguments that SQLAlchemy's URL translation may produce.
 _ASYNCPG_CONNECT_KEYS = frozenset(
     {
@@ -44,19 +47,43 @@ class AsyncpgRunner:
     a request that finds every connection busy waits, with the acquire time-out.
     Connections only run the six autocommit statements and never change session
     state, so none needs a reset. One that failed or was interrupted in the middle of a
-    statement is terminated, never reused."""
+    statement is terminated, never reused.
+
+    Statements are unnamed and sent again with each execution (Parse, Bind, Execute and
+    Sync in one message: still one round trip), so nothing is left on the server between
+    two statements. That is what makes them work through a pooler in transaction mode
+    (PgBouncer, managed poolers), which hands each statement to whichever server
+    connection is free: asyncpg's named, cached statements there fail with
+    ``prepared statement "__asyncpg_stmt_N__" already exists`` / ``does not exist``, or
+    could even run another client's statement of the same name. Re-parsing costs the
+    server some 40 us per statement; an app that connects to PostgreSQL directly can
+    opt back into asyncpg's named statements with ``connect_args={"statement_cache_size":
+    100}`` in ``SESSION_ENGINE_OPTIONS``."""
 
     def __init__(self, connect_kwargs: Mapping[str, Any], max_size: int) -> None:
-        self._connect_kwargs = dict(connect_kwargs)
+        # asyncpg re-sends unnamed statements with each execution only with its own
+        # statement cache off; the cache holds named ones (see the class docstring).
+        self._connect_kwargs = {"statement_cache_size": 0, **connect_kwargs}
         kwargs = self._connect_kwargs
+        self._named_statements = int(kwargs["statement_cache_size"]) > 0
         self._acquire_timeout = float(kwargs.get("timeout", 5))
         #: Keep connections open between statements (while the app serves); otherwise
         #: each is closed after its statement, so nothing is left for the garbage collector.
         self.keep_open = True
+        # A per-request statement is one row by its key: milliseconds on a live server.
+        # Bounded like the connect (not by command_timeout, 30 s, meant for maintenance),
+        # so a partition, where no connection reset ever arrives, gives a 503 within
+        # seconds instead of requests hanging until the network comes back.
+        command_timeout = kwargs.get("command_timeout")
+        self._statement_timeout = min(
+            self._acquire_timeout, float(command_timeout or self._acquire_timeout)
+        )
         self._max_size = max_size
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[Any] = []  # connections ready for use, most recently used last
-        self._members: set[Any] = set()  # every open connection of this loop
+        # Every open connection of this loop, with its prepared statements by SQL text
+        # (their parameter and result types, described once per connection).
+        self._members: dict[Any, dict[str, Any]] = {}
         self._slots = 0  # connections open or being opened (at most max_size)
         # Requests waiting for a connection; each gets one, or None: "a slot is yours,
         # open a connection in it".
@@ -74,20 +101,36 @@ class AsyncpgRunner:
     async def fetch_one(
         self, statement: CompiledStatement, params: Mapping[str, Any]
     ) -> Row | None:
-        row = await self._call("fetchrow", statement, params)
+        row, _ = await self._call(statement, params, one_row=True)
         return None if row is None else tuple(row)
 
     async def rowcount(self, statement: CompiledStatement, params: Mapping[str, Any]) -> int:
-        status = await self._call("execute", statement, params)
+        _, status = await self._call(statement, params, one_row=False)
         return int(str(status).rsplit(" ", 1)[-1])
 
     async def _call(
-        self, method: str, statement: CompiledStatement, params: Mapping[str, Any]
-    ) -> Any:
-        """``connection.<method>(sql, *arguments)`` on a pooled connection."""
+        self, statement: CompiledStatement, params: Mapping[str, Any], *, one_row: bool
+    ) -> tuple[Any, str | None]:
+        """Run ``statement`` on a pooled connection: (its first row or all rows, its
+        command status such as ``UPDATE 1``)."""
         connection = await self._acquire()
         try:
-            result = await getattr(connection, method)(statement.sql, *statement.arguments(params))
+            arguments = statement.arguments(params)
+            timeout = self._statement_timeout
+            if self._named_statements:  # asyncpg's own cache (direct connections only)
+                sql, status = statement.sql, None
+                if one_row:
+                    result = await connection.fetchrow(sql, *arguments, timeout=timeout)
+                else:
+                    result = None
+                    status = await connection.execute(sql, *arguments, timeout=timeout)
+            else:
+                prepared = await self._prepared(connection, statement.sql)
+                if one_row:
+                    result = await prepared.fetchrow(*arguments, timeout=timeout)
+                else:
+                    result = await prepared.fetch(*arguments, timeout=timeout)
+                status = prepared.get_statusmsg()
         except BaseException as error:
             replacement = self._failed(connection, error)
             if replacement is None:
@@ -96,13 +139,23 @@ class AsyncpgRunner:
         if self.keep_open or self._waiters:
             self._release(connection)
         else:
-            self._members.discard(connection)
+            self._members.pop(connection, None)
             self._free_slot()
             try:
                 await connection.close(timeout=self._acquire_timeout)
             except self._errors:
                 connection.terminate()
-        return result
+        return result, status
+
+    async def _prepared(self, connection: Any, sql: str) -> Any:
+        """``sql`` as an unnamed statement of ``connection``, described once."""
+        statements = self._members.get(connection)
+        prepared = None if statements is None else statements.get(sql)
+        if prepared is None:
+            prepared = await connection.prepare(sql, name="", timeout=self._statement_timeout)
+            if statements is not None:
+                statements[sql] = prepared
+        return prepared
 
     # -- the pool -----------------------------------------------------------------------
 
@@ -119,7 +172,7 @@ class AsyncpgRunner:
             connection = idle.pop()
             if not connection.is_closed():
                 return connection
-            self._members.discard(connection)
+            self._members.pop(connection, None)
             self._slots -= 1
         if self._slots < self._max_size:
             self._slots += 1
@@ -164,7 +217,7 @@ class AsyncpgRunner:
         if generation != self._generation:  # the pool was closed while we connected
             connection.terminate()
             raise StoreError("PostgreSQL: the session store was closed")
-        self._members.add(connection)
+        self._members[connection] = {}
         return connection
 
     def _release(self, connection: Any) -> None:
@@ -172,7 +225,7 @@ class AsyncpgRunner:
             connection.terminate()
             return
         if connection.is_closed():
-            self._members.discard(connection)
+            self._members.pop(connection, None)
             self._free_slot()
             return
         while self._waiters:
@@ -201,7 +254,7 @@ class AsyncpgRunner:
         # Broken, timed out or cancelled mid-statement: its state is unknown.
         connection.terminate()
         if connection in self._members:
-            self._members.discard(connection)
+            del self._members[connection]
             self._free_slot()
         if isinstance(error, self._errors):
             return StoreError(f"PostgreSQL: {type(error).__name__}: {error}")
@@ -212,7 +265,7 @@ class AsyncpgRunner:
         # are dropped (the server ends them when their sockets close).
         self._generation += 1
         self._idle = []
-        self._members = set()
+        self._members = {}
         self._slots = 0
         self._waiters = deque()
 
@@ -238,7 +291,7 @@ def asyncpg_connect_kwargs(
     """``asyncpg.connect()`` arguments from SQLAlchemy's translation of the URL and the
     app's ``connect_args``."""
     kwargs = {k: v for k, v in url_kwargs.items() if k in _ASYNCPG_CONNECT_KEYS}
-    kwargs.update(connect_args)
+    kwargs.update((k, v) for k, v in connect_args.items() if k not in _SQLALCHEMY_ONLY_KEYS)
     return kwargs
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -25,9 +25,20 @@ _CONNECT_TIMEOUTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Unnamed statements only (asyncpg's cache and SQLAlchemy's both hold named ones), so
+# maintenance works through a pooler in transaction mode (PgBouncer, managed poolers),
+# where consecutive statements may run on different server connections.
+_POOLER_SAFE: dict[str, dict[str, Any]] = {
+    "asyncpg": {"statement_cache_size": 0, "prepared_statement_cache_size": 0},
+}
+
+
 def effective_connect_args(url: URL, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Driver connect arguments: short default timeouts, overridden by the app's."""
+    """Driver connect arguments: short default timeouts and pooler-safe statements,
+    overridden by the app's."""
     connect_args = dict(_CONNECT_TIMEOUTS.get(url.get_backend_name(), {}))
+    if url.get_backend_name() == "postgresql":
+        connect_args.update(_POOLER_SAFE.get(url.get_driver_name(), {}))
     connect_args.update(options.get("connect_args", {}))
     return connect_args
 
@@ -137,3 +148,35 @@ class Connections:
 def _is_in_memory(engine: AsyncEngine) -> bool:
     [database], options = engine.dialect.create_connect_args(engine.url)
     return database == ":memory:" or (bool(options.get("uri")) and "mode=memory" in database)
+
+
+# PostgreSQL advisory locks: transaction-scoped, taken and held inside one transaction,
+# because a pooler in transaction mode may run each statement outside a transaction on
+# another server connection. A session lock would be taken on one, "released" on
+# another, and left behind for good.
+
+
+@asynccontextmanager
+async def postgresql_try_lock(connections: Connections, key: int) -> AsyncIterator[bool]:
+    """Hold the advisory lock ``key`` for the block if nobody holds it (yields whether it
+    was acquired), in a transaction kept open for the block on one connection: a
+    pooler keeps its server connection for it, and the lock ends with it whatever
+    happens (commit, rollback, or the connection lost)."""
+    async with connections.pooled() as connection:
+        await connection.execution_options(isolation_level="READ COMMITTED")
+        async with connection.begin():
+            result = await connection.execute(
+                text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}
+            )
+            yield bool(result.scalar())
+
+
+async def run_locked_postgresql(
+    connection: AsyncConnection, key: int, work: Callable[[], Awaitable[T]]
+) -> T:
+    """Await ``work()`` in one transaction of ``connection`` that first waits for the
+    advisory lock ``key``; it is released at commit or rollback."""
+    await connection.execution_options(isolation_level="READ COMMITTED")
+    async with connection.begin():
+        await connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        return await work()

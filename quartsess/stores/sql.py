@@ -31,7 +31,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..errors import TableMissing, TableOutdated
 from ..schema import build_table
 from .base import StoredSession, StoreStats
-from .connections import Connections, create_engine, effective_connect_args
+from .connections import (
+    Connections,
+    create_engine,
+    effective_connect_args,
+    postgresql_try_lock,
+    run_locked_postgresql,
+)
 from .sqlalchemy_runner import (
     MYSQL_DEADLOCK,
     MYSQL_LOCK_WAIT_TIMEOUT,
@@ -162,11 +168,9 @@ class SqlStore:
         if dialect == "postgresql":
             # Two workers creating the table at once collide in pg_type; serialize them.
             lock_key = hash_lock_key(self.table.name)
-            await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key})
-            try:
-                await connection.run_sync(self._create_missing)
-            finally:
-                await connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key})
+            await run_locked_postgresql(
+                connection, lock_key, lambda: connection.run_sync(self._create_missing)
+            )
             return
         try:
             await connection.run_sync(self._create_missing)
@@ -299,17 +303,22 @@ class SqlStore:
     async def try_lock(self, name: str) -> AsyncIterator[bool]:
         """Hold a cluster-wide lock called ``name`` for the block if nobody else holds it.
 
-        On PostgreSQL a session advisory lock (``pg_try_advisory_lock``), on MariaDB/MySQL
-        a named lock (``GET_LOCK``), each on a connection kept for the block and released
-        on that same connection; yields whether it was acquired. SQLite has no such lock
+        On PostgreSQL a transaction-scoped advisory lock (``pg_try_advisory_xact_lock``)
+        in a transaction kept open for the block (so it holds through a transaction
+        pooler too), on MariaDB/MySQL a named lock (``GET_LOCK``) on a connection kept
+        for the block and released on that same connection; yields whether it was
+        acquired. SQLite has no such lock
         (its writers are serialized anyway); this yields True and callers must be correct
         when run concurrently."""
         dialect = self.engine.dialect.name
         key: int | str
         if dialect == "postgresql":
-            key = hash_lock_key(f"{name}:{self.table.name}")
-            take, give = "SELECT pg_try_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"
-        elif dialect in ("mysql", "mariadb"):
+            async with postgresql_try_lock(
+                self.connections, hash_lock_key(f"{name}:{self.table.name}")
+            ) as acquired:
+                yield acquired
+            return
+        if dialect in ("mysql", "mariadb"):
             key = f"quartsess:{hash_lock_key(f'{name}:{self.table.name}')}"  # <= 64 chars
             take, give = "SELECT GET_LOCK(:k, 0)", "SELECT RELEASE_LOCK(:k)"
         else:
