@@ -30,6 +30,8 @@ logger = logging.getLogger("quartsess")
 # Each failed attempt means another writer of the same session succeeded, so attempts
 # are bounded by the number of concurrent writers; this bound only stops pathologies.
 MAX_SAVE_ATTEMPTS = 64
+# Sealed client records kept for reuse (oldest dropped first): about 200 bytes each.
+_SEALED_CLIENTS_KEPT = 4096
 
 #: A save that fails with one of these answers 503 and leaves the stored row as it was.
 SAVE_FAILURES: tuple[type[BaseException], ...] = (*STORE_ERRORS, SaveConflict)
@@ -146,6 +148,7 @@ class SessionSaver:
         self.create_table = create_table
         self.user_key = user_key
         self.users = users
+        self._sealed_clients: dict[tuple[str, Client], bytes] = {}
 
     # -- load -------------------------------------------------------------------------
 
@@ -270,10 +273,23 @@ class SessionSaver:
     ) -> bytes | None:
         if client is None:
             return stored
-        return self.codec.seal_client(id_hash, client.user_agent, client.ip_address)
+        key = (id_hash, client)
+        sealed = self._sealed_clients.get(key)
+        if sealed is None:
+            # Encrypting costs more than the rest of a write; the same browser writing
+            # the same row again records the same thing, so its ciphertext is reused.
+            sealed = self.codec.seal_client(id_hash, client.user_agent, client.ip_address)
+            if len(self._sealed_clients) >= _SEALED_CLIENTS_KEPT:
+                self._sealed_clients.pop(next(iter(self._sealed_clients)))
+            self._sealed_clients[key] = sealed
+        return sealed
 
-    def _user_hash(self, user: str | None) -> str | None:
-        return None if user is None else self.codec.user_hash(user)
+    def _user_hash(self, user: str | None, loaded: Loaded | None = None) -> str | None:
+        if user is None:
+            return None
+        if loaded is not None and loaded.user == user and loaded.record.user_hash:
+            return loaded.record.user_hash  # the same user: no new HMAC
+        return self.codec.user_hash(user)
 
     async def _store_new(
         self,
@@ -368,7 +384,7 @@ class SessionSaver:
                 touched_at=now,
                 expires_at=self.policy.deadline(now, current.created_at, bound=user is not None),
                 handle=handle,
-                user_hash=self._user_hash(user),
+                user_hash=self._user_hash(user, loaded),
                 client=sealed_client,
             )
             if await self.store.update(written, expected_version=current.version):

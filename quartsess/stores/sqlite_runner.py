@@ -79,19 +79,27 @@ class SqliteRunner:
         os.makedirs(directory, exist_ok=True)
         create_private_file(self._database)
         waiting = self._open(self._busy_timeout_ms)
-        inline = self._open(0)
-        inline.execute("PRAGMA wal_autocheckpoint = 0")  # see the class docstring
+        try:
+            inline = self._open(0)
+            inline.execute("PRAGMA wal_autocheckpoint = 0")  # see the class docstring
+        except BaseException:
+            waiting.close()
+            raise
         return inline, waiting
 
     def _open(self, busy_timeout_ms: int) -> sqlite3.Connection:
         connection = sqlite3.connect(
             self._database, isolation_level=None, check_same_thread=False, timeout=0
         )
-        # Switching to WAL may wait for another worker; only then the connection's own
-        # busy timeout applies.
-        configure_sqlite(connection, self._busy_timeout_ms)
-        use_wal(connection, self._busy_timeout_ms)
-        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        try:
+            # Switching to WAL may wait for another worker; only then the connection's own
+            # busy timeout applies.
+            configure_sqlite(connection, self._busy_timeout_ms)
+            use_wal(connection, self._busy_timeout_ms)
+            connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     async def fetch_one(
