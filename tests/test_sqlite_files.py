@@ -70,7 +70,10 @@ async def test_the_write_ahead_log_shrinks_back_after_a_burst(tmp_path: Path) ->
                 n += 1
             await asyncio.sleep(0.05)  # the checkpoint of a 100+ MB log takes a while
         assert size(wal) <= JOURNAL_SIZE_LIMIT
-        with sqlite3.connect(path) as check:
+        check = sqlite3.connect(path)
+        try:
             assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        finally:
+            check.close()
     finally:
         await store.close()
