@@ -249,10 +249,19 @@ class ServerSessionInterface(SessionInterface):
             # request ran; leave the cookie alone (a login running at the same time may
             # just have set a new one; a logout deleted it itself).
             return "keep"
-        # Quart's rule (``should_set_cookie``, which apps may override): after a change
-        # (a new session, a new ID, permanence switched), and on every response of a
-        # permanent session while SESSION_REFRESH_EACH_REQUEST is on (a sliding expiry).
-        return "set" if self.should_set_cookie(app, session) else "keep"
+        if type(self).should_set_cookie is not SessionInterface.should_set_cookie:
+            return "set" if self.should_set_cookie(app, session) else "keep"
+        # Quart's rule (should_set_cookie): after a change, and on every response of a
+        # permanent session while SESSION_REFRESH_EACH_REQUEST is on (a sliding expiry);
+        # but a browser-session cookie whose ID did not change is not sent again: it
+        # would carry nothing new, and costs a Set-Cookie on every write.
+        if result is SaveResult.CREATED or session.permanence_changed:
+            return "set"
+        if session.permanent and (
+            session.modified or app.config["SESSION_REFRESH_EACH_REQUEST"]
+        ):
+            return "set"
+        return "keep"
 
     async def persist(self, session: ServerSession) -> None:
         """Store an existing session's changes now (see :meth:`ServerSession.save`).

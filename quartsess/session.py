@@ -23,6 +23,7 @@ class _State:
     loaded: Loaded | None
     persist: Persist | None
     client: Client | None = None
+    loaded_permanent: bool = False
     regenerate_requested: bool = False
     cleared: bool = False
     read: bool = False
@@ -54,7 +55,7 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         self.modified = False
         self.accessed = False
         self.new = loaded is None
-        self._state = _State(loaded, persist, client)
+        self._state = _State(loaded, persist, client, self._stored_permanent())
 
     @property
     def sid(self) -> str | None:
@@ -97,6 +98,14 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         return self._state.loaded
 
     @property
+    def permanence_changed(self) -> bool:
+        """Whether ``permanent`` differs from what the row holds (the cookie must follow)."""
+        return self._stored_permanent() != self._state.loaded_permanent
+
+    def _stored_permanent(self) -> bool:
+        return bool(dict.get(self, "_permanent", False))
+
+    @property
     def client(self) -> Client | None:
         """What is recorded of this request's client (``None``: recording is off)."""
         return self._state.client
@@ -136,6 +145,7 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
             dict.update(self, outcome.merged)
         state.loaded = outcome.loaded
         state.regenerate_requested = state.cleared = False
+        state.loaded_permanent = self._stored_permanent()
 
     # -- reads mark the session accessed, so responses get ``Vary: Cookie`` ----------------
 
