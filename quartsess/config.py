@@ -392,16 +392,23 @@ def unsupported_url_problem(url: URL) -> str | None:
     )
 
 
-# The pruner holds one PostgreSQL connection for its lock and deletes on another; requests
-# need at least one more (see quartsess.stores.sql).
-_MIN_POSTGRESQL_BUDGET = 3
+#: Connections of a worker's PostgreSQL budget kept for maintenance: the pruner holds
+#: one for its lock and deletes on another. Requests need at least one more.
+MAINTENANCE_CONNECTIONS = 2
+_MIN_POSTGRESQL_BUDGET = MAINTENANCE_CONNECTIONS + 1
+
+
+def postgresql_budget(options: Mapping[str, Any]) -> int:
+    """The PostgreSQL connections one worker may hold: ``pool_size + max_overflow`` of
+    ``SESSION_ENGINE_OPTIONS`` (SQLAlchemy's defaults: 5 + 10)."""
+    return int(options.get("pool_size", 5)) + int(options.get("max_overflow", 10))
 
 
 def _check_connection_budget(url: URL, options: Mapping[str, Any]) -> None:
     if url.get_backend_name() != "postgresql":
         return
     try:
-        budget = int(options.get("pool_size", 5)) + int(options.get("max_overflow", 10))
+        budget = postgresql_budget(options)
     except (TypeError, ValueError):
         raise ConfigurationError(
             "SESSION_ENGINE_OPTIONS", "pool_size and max_overflow must be whole numbers"
@@ -410,7 +417,8 @@ def _check_connection_budget(url: URL, options: Mapping[str, Any]) -> None:
         raise ConfigurationError(
             "SESSION_ENGINE_OPTIONS",
             f"pool_size + max_overflow ({budget}) is each worker's PostgreSQL connection "
-            f"budget: 2 for pruning and maintenance, the rest for requests; it must be at "
+            f"budget: {MAINTENANCE_CONNECTIONS} for pruning and maintenance, the rest for "
+            f"requests; it must be at "
             f"least {_MIN_POSTGRESQL_BUDGET}",
         )
 

@@ -257,9 +257,7 @@ class ServerSessionInterface(SessionInterface):
         # would carry nothing new, and costs a Set-Cookie on every write.
         if result is SaveResult.CREATED or session.permanence_changed:
             return "set"
-        if session.permanent and (
-            session.modified or app.config["SESSION_REFRESH_EACH_REQUEST"]
-        ):
+        if session.permanent and (session.modified or app.config["SESSION_REFRESH_EACH_REQUEST"]):
             return "set"
         return "keep"
 

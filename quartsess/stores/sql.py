@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..config import MAINTENANCE_CONNECTIONS, postgresql_budget
 from ..errors import TableMissing, TableOutdated
 from ..schema import build_table
 from .base import StoredSession, StoreStats
@@ -51,16 +52,6 @@ if TYPE_CHECKING:
     from ..config import SessionConfig
 
 T = TypeVar("T")
-
-#: Connections of a worker's PostgreSQL budget kept for maintenance: the pruner holds
-#: one for its lock and deletes on another.
-MAINTENANCE_CONNECTIONS = 2
-
-
-def postgresql_budget(options: Mapping[str, Any]) -> int:
-    """The PostgreSQL connections one worker may hold: ``pool_size + max_overflow`` of
-    ``SESSION_ENGINE_OPTIONS`` (SQLAlchemy's defaults: 5 + 10)."""
-    return int(options.get("pool_size", 5)) + int(options.get("max_overflow", 10))
 
 
 class SqlStore:
