@@ -208,6 +208,7 @@ class ServerSessionInterface(SessionInterface):
         response: AnyResponse | None,
         plaintext: bytes | None,
     ) -> None:
+        permanence_changed = session.permanence_changed  # before apply_save resets it
         try:
             outcome = await self.saver.save(
                 session.loaded,
@@ -228,7 +229,7 @@ class ServerSessionInterface(SessionInterface):
         session.apply_save(outcome)
         if response is None:
             return
-        action = self._cookie_action(app, session, outcome.result)
+        action = self._cookie_action(app, session, outcome.result, permanence_changed)
         if action == "set":
             self._set_cookie(app, session, response)
         elif action == "delete":
@@ -239,6 +240,7 @@ class ServerSessionInterface(SessionInterface):
         app: Quart,
         session: ServerSession,
         result: SaveResult | None,
+        permanence_changed: bool = False,
     ) -> CookieAction:
         """What the response does with the cookie after a save that had ``result``
         (``None``: nothing needed writing)."""
@@ -255,7 +257,7 @@ class ServerSessionInterface(SessionInterface):
         # permanent session while SESSION_REFRESH_EACH_REQUEST is on (a sliding expiry);
         # but a browser-session cookie whose ID did not change is not sent again: it
         # would carry nothing new, and costs a Set-Cookie on every write.
-        if result is SaveResult.CREATED or session.permanence_changed:
+        if result is SaveResult.CREATED or permanence_changed:
             return "set"
         if session.permanent and (session.modified or app.config["SESSION_REFRESH_EACH_REQUEST"]):
             return "set"

@@ -182,3 +182,20 @@ async def test_clear_then_new_data_is_a_new_session(make_app: AppFactory) -> Non
         planted = test_app.test_client()
         planted.set_cookie("localhost", "session", old)
         assert await (await planted.get("/get")).get_json() == {}
+
+
+async def test_a_session_made_non_permanent_gets_a_browser_session_cookie(
+    make_app: AppFactory,
+) -> None:
+    app = add_routes(make_app())
+
+    @app.post("/not-permanent")
+    async def not_permanent() -> dict[str, bool]:
+        session.permanent = False
+        return {"ok": True}
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await client.get("/visits")
+        assert expires_of(await client.post("/permanent"))
+        assert expires_of(await client.post("/not-permanent")) == ""  # sent, with no Expires
