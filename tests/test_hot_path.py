@@ -9,16 +9,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from dataclasses import replace
+
 import pytest
-from sqlalchemy import bindparam, column, func, literal_column, select, table
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import bindparam, column, func, literal_column, select, table, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from quartsess.errors import StoreError
 from quartsess.interface import ServerSessionInterface
 from quartsess.stores import sqlite_runner
 from quartsess.stores.asyncpg_runner import AsyncpgRunner, asyncpg_connect_kwargs
+from quartsess.stores.base import StoredSession
+from quartsess.stores.sql import SqlStore
 from quartsess.stores.sqlite_runner import SqliteRunner
 from quartsess.stores.statements import CompiledStatement
+from tests import tables
 from tests.conftest import AppFactory, require_server
 from tests.support import add_routes
 
@@ -197,3 +203,57 @@ async def test_a_connection_opened_while_the_pool_closes_is_not_kept(
         await asyncio.wait_for(connecting, 10)
     assert (runner._slots, runner._idle, runner._members) == (0, [], {})
     assert await runner.fetch_one(sleep, {"s": 0}) == (None,)  # usable again afterwards
+
+
+async def test_on_postgresql_a_touch_commits_without_the_flush_and_content_writes_with_it(
+    table_name: str,
+) -> None:
+    """A trigger records the ``synchronous_commit`` each write of the sessions table ran
+    with: off for a touch only (it moves an idle deadline), on for inserts and content
+    updates, and the touch's setting does not stay on the connection."""
+    url = await require_server("postgresql")
+    store = SqlStore(make_url(url), table_name, {})
+    await store.prepare(create_table=True)
+    log = f"{table_name}_commits"
+
+    async def setup(connection: AsyncConnection) -> None:
+        await connection.execute(text(f"CREATE TABLE {log} (op text, mode text)"))
+        await connection.execute(
+            text(
+                f"CREATE FUNCTION {log}_f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"INSERT INTO {log} VALUES (TG_OP || ':' || "
+                "CASE WHEN NEW.version IS DISTINCT FROM OLD.version THEN 'content' "
+                "ELSE 'touch' END, current_setting('synchronous_commit')); RETURN NEW; END $$"
+            )
+        )
+        await connection.execute(
+            text(
+                f"CREATE TRIGGER {log}_t AFTER INSERT OR UPDATE ON {table_name} "
+                f"FOR EACH ROW EXECUTE FUNCTION {log}_f()"
+            )
+        )
+
+    async def recorded(connection: AsyncConnection) -> list[tuple[str, str]]:
+        rows = await connection.execute(text(f"SELECT op, mode FROM {log}"))
+        return [(op, mode) for op, mode in rows]
+
+    async def teardown(connection: AsyncConnection) -> None:
+        await connection.execute(text(f"DROP TABLE IF EXISTS {log}"))
+        await connection.execute(text(f"DROP FUNCTION IF EXISTS {log}_f() CASCADE"))
+
+    try:
+        await store.run(setup)
+        row = StoredSession("h" * 64, b"sealed", 1, 1, 1, 100, handle="x")
+        await store.insert(row)
+        assert await store.touch(row.id_hash, touched_at=2, expires_at=200, client=None)
+        assert await store.update(replace(row, version=2, touched_at=3), expected_version=1)
+        assert await store.run(recorded) == [
+            ("INSERT:content", "on"),
+            ("UPDATE:touch", "off"),
+            ("UPDATE:content", "on"),
+        ]
+        assert (await store.load(row.id_hash)) is not None
+    finally:
+        await store.run(teardown)
+        await store.close()
+        await tables.drop_tables_of(url, table_name)

@@ -466,7 +466,7 @@ def _hot_statements(t: Table, dialect: Any) -> dict[str, CompiledStatement]:
         ),
         "touch": CompiledStatement(
             update(t)
-            .where(by_id)
+            .where(by_id, *_commit_without_flush(dialect))
             .values(
                 touched_at=bindparam("new_touched"),
                 expires_at=bindparam("new_expires"),
@@ -477,6 +477,20 @@ def _hot_statements(t: Table, dialect: Any) -> dict[str, CompiledStatement]:
         "delete": CompiledStatement(delete(t).where(by_id), dialect),
         "delete_version": CompiledStatement(delete(t).where(*by_id_and_version), dialect),
     }
+
+
+def _commit_without_flush(dialect: Any) -> list[Any]:
+    """On PostgreSQL, a condition that makes the statement's own transaction commit
+    without waiting for the WAL flush (``synchronous_commit`` off for that transaction
+    only: ``set_config(..., true)`` ends with it, so nothing leaks to the connection's
+    next statement).
+
+    Only the touch uses it: it only moves an idle deadline (and the last-seen client),
+    so a database crash can lose at most one touch interval of it, while a content
+    write that the user was told about is never lost. It halves a touch's latency."""
+    if dialect.name != "postgresql":
+        return []
+    return [text("set_config('synchronous_commit', 'off', true) = 'off'")]
 
 
 def hash_lock_key(name: str) -> int:
