@@ -21,6 +21,8 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 #: The write-ahead log is cut back to this size whenever it restarts after a complete
 #: checkpoint, so a burst of writes does not leave a large file behind.
 JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
+# A frame is one page (4 KiB unless the app changed page_size) plus a 24-byte header.
+_PAGE_BYTES_GUESS = 4096 + 24
 
 
 class SqliteRunner:
@@ -34,7 +36,12 @@ class SqliteRunner:
     The inline connection never checkpoints the WAL itself (a checkpoint copies pages into
     the database file and fsyncs it: milliseconds, on the loop, in whichever write crossed
     the threshold). Every ``CHECKPOINT_EVERY`` inline writes, a passive checkpoint (never
-    waits for readers or writers) runs on the worker thread instead.
+    waits for readers or writers) runs on the worker thread instead. Under sustained
+    writes that one may never finish: this process's own writes append to the log while
+    it copies, so the log never restarts and keeps growing. When a thread checkpoint ends
+    with more than ``JOURNAL_SIZE_LIMIT`` of the log left behind it, the next inline write
+    runs one passive checkpoint itself, with no write of this process in between: it
+    copies only what the thread's left (milliseconds), and the log can restart.
 
     Only the URL's file path is used: query options and ``connect_args`` of the URL or
     ``SESSION_ENGINE_OPTIONS`` apply to the SQLAlchemy engine (maintenance) alone."""
@@ -52,6 +59,7 @@ class SqliteRunner:
         self._opening: asyncio.Lock | None = None
         self._writes = 0  # inline writes since the last checkpoint was started
         self._checkpointing = False
+        self._catch_up_inline = False  # the last thread checkpoint fell behind the writes
         #: Keep the connections open between statements (while the app serves);
         #: otherwise they are closed after each statement.
         self.keep_open = True
@@ -136,7 +144,10 @@ class SqliteRunner:
         else:
             if not fetch:
                 self._writes += 1
-                if self._writes >= self.CHECKPOINT_EVERY and not self._checkpointing:
+                if self._catch_up_inline and not self._checkpointing:
+                    self._catch_up_inline = False
+                    _checkpoint(inline)
+                elif self._writes >= self.CHECKPOINT_EVERY and not self._checkpointing:
                     self._start_checkpoint(thread)
             return result
         waiting = self._waiting
@@ -159,7 +170,13 @@ class SqliteRunner:
         # A concurrent future: its callback runs on the thread even if this loop is gone.
         thread.submit(_checkpoint, waiting).add_done_callback(self._checkpoint_done)
 
-    def _checkpoint_done(self, _future: Future[None]) -> None:
+    def _checkpoint_done(self, future: Future[tuple[int, int] | None]) -> None:
+        # On the worker thread: only flags are set here.
+        progress = None if future.cancelled() or future.exception() else future.result()
+        if progress is not None:
+            log_frames, copied_frames = progress
+            behind = (log_frames - copied_frames) * _PAGE_BYTES_GUESS
+            self._catch_up_inline = behind > JOURNAL_SIZE_LIMIT
         self._checkpointing = False
 
     async def close(self) -> None:
@@ -225,12 +242,16 @@ def _is_busy(error: sqlite3.Error) -> bool:
     )
 
 
-def _checkpoint(connection: sqlite3.Connection) -> None:
-    """Copy what the WAL holds into the database file, without waiting for anyone."""
+def _checkpoint(connection: sqlite3.Connection) -> tuple[int, int] | None:
+    """Copy what the WAL holds into the database file, without waiting for anyone;
+    returns (frames in the log, frames copied), or None if it could not run."""
     try:
-        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        row = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     except sqlite3.Error:
-        pass  # closed, or busy: the next one catches up
+        return None  # closed, or busy: the next one catches up
+    if row is None or int(row[1]) < 0:
+        return None
+    return int(row[1]), int(row[2])
 
 
 def _run_sqlite(
