@@ -34,7 +34,7 @@ from typing import Any
 
 from quart import Quart, session
 from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from quartsess import Session
 
@@ -96,8 +96,8 @@ async def fill(app: Quart, backend: str, rows: int) -> float:
     )
     started = time.perf_counter()
 
-    async def work(connection: AsyncConnection) -> None:
-        await connection.execute(text(sql), {"rows": rows})
+    def work(connection: Connection) -> None:
+        connection.execute(text(sql), {"rows": rows})
 
     await store.run(work)
     if backend == "postgresql":
@@ -186,7 +186,7 @@ async def main() -> None:
                 cursor.execute(pragma)
                 cursor.close()
 
-            event.listen(ext.interface_for(app).store.engine.sync_engine, "connect", set_cache)
+            event.listen(ext.interface_for(app).store.sync_engine, "connect", set_cache)
         async with app.test_app() as test_app:
             try:
                 seconds = await fill(app, args.backend, args.rows)

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 
 from quart import Quart, session
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from quartsess import Session
 
@@ -114,8 +114,8 @@ async def fill_others(app: Quart, backend: str, rows: int, limit: float) -> floa
             last=last,
         )
 
-        async def work(connection: AsyncConnection, sql: str = sql) -> None:
-            await connection.execute(text(sql), params)
+        def work(connection: Connection, sql: str = sql) -> None:
+            connection.execute(text(sql), params)
 
         await store.run(work)
         elapsed = time.perf_counter() - started
@@ -174,8 +174,8 @@ async def main() -> None:
         store = ext.interface_for(app).store
 
         async def execute(sql: str) -> None:
-            async def work(connection: AsyncConnection) -> None:
-                await connection.execute(text(sql))
+            def work(connection: Connection) -> None:
+                connection.execute(text(sql))
 
             await store.run(work)
 

@@ -424,7 +424,10 @@ def _check_connection_budget(url: URL, options: Mapping[str, Any]) -> None:
 
 
 def check_driver_installed(url: URL) -> None:
-    """Import the URL's driver now, so a missing one fails at start-up."""
+    """Import the URL's driver now, so a missing one fails at start-up. (On SQLite the
+    store uses only the standard library's ``sqlite3``, whatever driver the URL names.)"""
+    if url.get_backend_name() == "sqlite":
+        url = url.set(drivername="sqlite+pysqlite")
     try:
         url.get_dialect().import_dbapi()
     except ImportError:

@@ -23,7 +23,6 @@ import click
 from quart.cli import ScriptInfo, pass_script_info
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from .config import SessionConfig
 from .errors import ConfigurationError
@@ -181,6 +180,8 @@ def _run(info: ScriptInfo, work: Callable[[Config], None]) -> SessionConfig:
         # transaction-pooling PgBouncer), then the app's engine options.
         connect_args = effective_connect_args(settings.db_url, settings.engine_options)
         options = {**settings.engine_options, "connect_args": connect_args}
+        from sqlalchemy.ext.asyncio import create_async_engine
+
         engine = create_async_engine(settings.db_url, **options)
         try:
             async with engine.connect() as connection:

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 from quart import Quart, Response, jsonify, request, session
 from sqlalchemy import event, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from quartsess import Session
 from quartsess.stores.base import StoredSession
@@ -141,8 +141,8 @@ async def stored_rows(app: Quart) -> list[StoredSession]:
     store = store_of(app)
     t = store.table
 
-    async def work(connection: AsyncConnection) -> list[StoredSession]:
-        result = await connection.execute(select(t).order_by(t.c.created_at))
+    def work(connection: Connection) -> list[StoredSession]:
+        result = connection.execute(select(t).order_by(t.c.created_at))
         return [
             StoredSession(
                 row.id_hash,
@@ -162,8 +162,8 @@ async def stored_rows(app: Quart) -> list[StoredSession]:
 
 
 async def execute(app: Quart, statement: Any, params: dict[str, Any] | None = None) -> None:
-    async def work(connection: AsyncConnection) -> None:
-        await connection.execute(statement, params or {})
+    def work(connection: Connection) -> None:
+        connection.execute(statement, params or {})
 
     await store_of(app).run(work)
 
@@ -175,7 +175,7 @@ class StatementLog:
 
     def __init__(self, app: Quart) -> None:
         self.store = store_of(app)
-        self.engine = self.store.engine.sync_engine
+        self.engine = self.store.sync_engine
         self.statements: list[str] = []
         self.sql: list[str] = []
 

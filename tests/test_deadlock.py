@@ -10,7 +10,7 @@ import time
 
 import pytest
 from sqlalchemy import text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
@@ -55,7 +55,7 @@ async def deadlock_a_statement(
         await store.insert(StoredSession(id_hash, b"payload", 1, 1, 1, 10))
     statement = CompiledStatement(
         update(t).where(t.c.id_hash.in_([FIRST, SECOND])).values(version=t.c.version + 1),
-        store.engine.dialect,
+        store.dialect,
     )
     other = create_async_engine(db_url)  # REPEATABLE READ transactions, like a pruner's
     try:
@@ -99,8 +99,8 @@ async def test_the_deadlock_reaches_the_caller_without_the_retry(
 
     class RunOnce(SqlAlchemyRunner):
         async def rowcount(self, statement: CompiledStatement, params: dict[str, object]) -> int:  # type: ignore[override]
-            async def work(connection: AsyncConnection) -> int:
-                result = await connection.execute(statement.statement, params)
+            def work(connection: Connection) -> int:
+                result = connection.execute(statement.statement, params)
                 return int(result.rowcount)
 
             result: int = await self._run(work)

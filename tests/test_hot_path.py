@@ -6,15 +6,14 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dataclasses import replace
-
 import pytest
 from sqlalchemy import bindparam, column, func, literal_column, select, table, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from quartsess.errors import StoreError
 from quartsess.interface import ServerSessionInterface
@@ -216,9 +215,9 @@ async def test_on_postgresql_a_touch_commits_without_the_flush_and_content_write
     await store.prepare(create_table=True)
     log = f"{table_name}_commits"
 
-    async def setup(connection: AsyncConnection) -> None:
-        await connection.execute(text(f"CREATE TABLE {log} (op text, mode text)"))
-        await connection.execute(
+    def setup(connection: Connection) -> None:
+        connection.execute(text(f"CREATE TABLE {log} (op text, mode text)"))
+        connection.execute(
             text(
                 f"CREATE FUNCTION {log}_f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
                 f"INSERT INTO {log} VALUES (TG_OP || ':' || "
@@ -226,20 +225,20 @@ async def test_on_postgresql_a_touch_commits_without_the_flush_and_content_write
                 "ELSE 'touch' END, current_setting('synchronous_commit')); RETURN NEW; END $$"
             )
         )
-        await connection.execute(
+        connection.execute(
             text(
                 f"CREATE TRIGGER {log}_t AFTER INSERT OR UPDATE ON {table_name} "
                 f"FOR EACH ROW EXECUTE FUNCTION {log}_f()"
             )
         )
 
-    async def recorded(connection: AsyncConnection) -> list[tuple[str, str]]:
-        rows = await connection.execute(text(f"SELECT op, mode FROM {log}"))
+    def recorded(connection: Connection) -> list[tuple[str, str]]:
+        rows = connection.execute(text(f"SELECT op, mode FROM {log}"))  # noqa: S608
         return [(op, mode) for op, mode in rows]
 
-    async def teardown(connection: AsyncConnection) -> None:
-        await connection.execute(text(f"DROP TABLE IF EXISTS {log}"))
-        await connection.execute(text(f"DROP FUNCTION IF EXISTS {log}_f() CASCADE"))
+    def teardown(connection: Connection) -> None:
+        connection.execute(text(f"DROP TABLE IF EXISTS {log}"))
+        connection.execute(text(f"DROP FUNCTION IF EXISTS {log}_f() CASCADE"))
 
     try:
         await store.run(setup)

@@ -164,8 +164,10 @@ async def test_pruning_and_its_lock_through_pgbouncer(
         other_extension: Session = other.extensions["quartsess"]
         deleted = await asyncio.gather(pruner.prune(), other_extension.prune(other))
         assert sum(deleted) == 25
-        rows = await store.run(lambda c: c.execute(select(func.count()).select_from(store.table)))
-        assert rows.scalar_one() == 6  # five live rows and the visitor's
+        rows = await store.run(
+            lambda c: c.execute(select(func.count()).select_from(store.table)).scalar_one()
+        )
+        assert rows == 6  # five live rows and the visitor's
         assert not await advisory_lock_held(server_url, key)
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import Any
 
 import pytest
 from quart import Quart, session
 from sqlalchemy import MetaData, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 
 from quartsess import Session
 from quartsess.pruner import LOCK_NAME, Pruner
@@ -40,8 +39,8 @@ async def row_count(app: Quart) -> int:
     store = store_of(app)
     query = select(func.count()).select_from(store.table)
 
-    async def work(connection: Any) -> int:
-        return int((await connection.execute(query)).scalar_one())
+    def work(connection: Connection) -> int:
+        return int(connection.execute(query).scalar_one())
 
     return await store.run(work)
 
@@ -200,7 +199,7 @@ async def test_a_database_error_is_logged_and_the_next_run_succeeds(
             assert await pruner.next_run() is None
         assert "pruning expired sessions failed" in caplog.text
         assert pruner.running
-        await store.run(lambda connection: connection.run_sync(store._create_missing))
+        await store.run(store._create_missing)
         await add_rows(app, [now - 1, now - 1])
         pruner.wake()
         assert await pruner.next_run() == 2
@@ -212,17 +211,26 @@ async def test_stopping_during_a_batch_finishes_it_and_leaves_the_database_usabl
     app = make_app(SESSION_PRUNE_INTERVAL=HOUR)
     now = int(clock())
     pruner = extension(app).pruner_for(app)
-    entered = asyncio.Event()
+    entered, stopping = asyncio.Event(), asyncio.Event()
     async with app.test_app():
         await add_rows(app, [now - 1] * 50)
         pruner.batch_size = 1
         real_delete = pruner.store.delete_expired
+        real_stop = pruner.stop
 
         async def signalling_delete(now: int, limit: int) -> int:
             entered.set()
+            # The first batch's DELETE starts only once the app is stopping the pruner,
+            # so it is in flight when the stop arrives, however fast the database is.
+            await stopping.wait()
             return await real_delete(now, limit)
 
+        async def signalling_stop() -> None:
+            stopping.set()
+            await real_stop()
+
         pruner.store.delete_expired = signalling_delete  # type: ignore[method-assign]
+        pruner.stop = signalling_stop  # type: ignore[method-assign]
         pruner.wake()
         await entered.wait()
         # Leaving test_app() shuts down while a DELETE is in flight.
@@ -305,6 +313,6 @@ async def test_pruner_uses_the_injected_clock(db_url: str, table_name: str) -> N
         assert await pruner.prune() == 1
     finally:
         await store.run(
-            lambda c: c.run_sync(lambda sync: build_table(MetaData(), table_name).drop(sync))
+            lambda sync: build_table(MetaData(), table_name).drop(sync)
         )
         await store.close()

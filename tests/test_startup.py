@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from sqlalchemy import inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 
 from quartsess.errors import TableMissing
 from quartsess.stores.base import StoredSession
@@ -26,12 +26,9 @@ async def test_workers_creating_the_table_at_once_do_not_crash(
         await stores[0].insert(row)
         assert await stores[-1].load(row.id_hash) == row
 
-        async def indexes(connection: object) -> list[str]:
-            def names(sync_connection: object) -> list[str]:
-                found = inspect(sync_connection).get_indexes(table_name)
-                return [str(index["name"]) for index in found]
-
-            return await connection.run_sync(names)  # type: ignore[attr-defined, no-any-return]
+        def indexes(connection: Connection) -> list[str]:
+            found = inspect(connection).get_indexes(table_name)
+            return [str(index["name"]) for index in found]
 
         assert sorted(await stores[0].run(indexes)) == [
             f"ix_{table_name}_expires_at",
@@ -49,10 +46,8 @@ async def test_table_creation_can_be_turned_off(db_url: str, table_name: str) ->
         with pytest.raises(TableMissing, match="quart sessions migrate"):
             await store.prepare(create_table=False)
 
-        async def exists(connection: object) -> bool:
-            return await connection.run_sync(  # type: ignore[attr-defined, no-any-return]
-                lambda sync: inspect(sync).has_table(table_name)
-            )
+        def exists(connection: Connection) -> bool:
+            return inspect(connection).has_table(table_name)
 
         assert await store.run(exists) is False
     finally:

@@ -1,19 +1,34 @@
-"""The SQLAlchemy engine and its connections, for schema work, maintenance and the
-databases whose per-request statements go through SQLAlchemy."""
+"""SQLAlchemy connections for schema work, maintenance and the databases whose
+per-request statements go through SQLAlchemy.
+
+Work is a plain function of a synchronous :class:`~sqlalchemy.engine.Connection`, so one
+implementation of every maintenance statement serves both kinds of database:
+
+- SQLite: a synchronous engine on the standard library's ``sqlite3``, its one connection
+  used on a worker thread. This keeps SQLAlchemy's asyncio extension (which imports the
+  ORM) and aiosqlite out of the process: every full garbage collection walks what a
+  module import leaves behind (see docs/performance.md).
+- PostgreSQL, MariaDB/MySQL: SQLAlchemy's async engine, the work run in its greenlet
+  bridge (``AsyncConnection.run_sync``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.pool import StaticPool
 
 from .sqlite_runner import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite, prepare_sqlite_file
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 T = TypeVar("T")
 
@@ -43,79 +58,147 @@ def effective_connect_args(url: URL, options: Mapping[str, Any]) -> dict[str, An
     return connect_args
 
 
-def create_engine(url: URL, options: Mapping[str, Any]) -> AsyncEngine:
-    """The SQLAlchemy engine for ``url``: autocommit statements, hidden parameters, and on
-    SQLite one connection per process in WAL mode with a busy timeout. ``options`` are
-    the app's ``SESSION_ENGINE_OPTIONS``, applied last."""
-    backend = url.get_backend_name()
-    kwargs: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", "hide_parameters": True}
-    if backend == "sqlite":
-        # One connection per process: SQLite serializes writers anyway, and a pool of
-        # several aiosqlite threads adds checkout cost and lock stalls.
-        kwargs["poolclass"] = StaticPool
-    if url.get_driver_name() == "asyncpg":
-        # Requests use their own asyncpg pool; this engine only serves maintenance,
-        # where a liveness check per checkout is cheap insurance after outages.
-        kwargs["pool_pre_ping"] = True
-    connect_args = effective_connect_args(url, options)
-    kwargs.update(options)
-    if connect_args:
-        kwargs["connect_args"] = connect_args
-    engine = create_async_engine(url, **kwargs)
-    if backend == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
-    return engine
+class Connections(Protocol):
+    """Runs work with a connection of the store's database."""
+
+    url: URL
+    dialect: Dialect
+    #: Keep connections open between uses (while the app serves); when False they are
+    #: closed after each use, so nothing is left for the garbage collector of an app
+    #: that is never shut down (``test_client()`` alone).
+    keep_open: bool
+
+    @property
+    def sync_engine(self) -> Engine:
+        """The synchronous engine behind the connections (for event listeners)."""
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        """Call ``work(connection)`` and give the connection back."""
+
+    async def close(self) -> None:
+        """Close the connections (new ones are opened if used again)."""
+
+
+def open_connections(url: URL, options: Mapping[str, Any]) -> Connections:
+    """The connections for ``url``: autocommit statements and hidden parameters, and the
+    app's ``SESSION_ENGINE_OPTIONS`` applied last."""
+    if url.get_backend_name() == "sqlite":
+        return SqliteConnections(url, options)
+    return ServerConnections(url, options)
+
+
+class SqliteConnections:
+    """One ``sqlite3`` connection per process (SQLite serializes writers anyway), in WAL
+    mode with a busy timeout, used on a worker thread of its own."""
+
+    def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
+        connect_args = {"check_same_thread": False, **effective_connect_args(url, options)}
+        kwargs: dict[str, Any] = {
+            "isolation_level": "AUTOCOMMIT",
+            "hide_parameters": True,
+            "poolclass": StaticPool,
+            **options,
+            "connect_args": connect_args,
+        }
+        # Whatever async driver the URL names, maintenance needs only the standard library.
+        self._engine = create_sync_engine(url.set(drivername="sqlite+pysqlite"), **kwargs)
+        event.listen(self._engine, "connect", _sqlite_on_connect)
+        self.url = url
+        self.dialect = self._engine.dialect
+        self.keep_open = True
+        [database], connect_options = self.dialect.create_connect_args(self._engine.url)
+        self._database: str = database
+        self._is_uri = bool(connect_options.get("uri"))
+        self._in_memory = database == ":memory:" or (self._is_uri and "mode=memory" in database)
+        self._file_ready = False
+        # The connection is used by one thread at a time, whoever awaits: a caller
+        # cancelled while its work runs must not let the next caller's work start on it.
+        self._in_use = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def sync_engine(self) -> Engine:
+        return self._engine
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="quartsess-sqlite")
+        executor = self._executor
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, self._run, work)
+        finally:
+            if not self.keep_open and self._executor is executor:
+                # Not serving: no idle thread is left behind either (queued work still runs).
+                self._executor = None
+                executor.shutdown(wait=False)
+
+    def _run(self, work: Callable[[Connection], T]) -> T:
+        with self._in_use:
+            if not self._file_ready and not self._in_memory:
+                # The file exactly as the engine opens it: a "file:" URI keeps its options
+                # (mode=memory, ...), which a bare "file:x" would turn into a file named x.
+                prepare_sqlite_file(self._database, self._is_uri)
+                self._file_ready = True
+            try:
+                with self._engine.connect() as connection:
+                    return work(connection)
+            finally:
+                if not self.keep_open and not self._in_memory:
+                    # An in-memory database lives in that connection: keep it.
+                    self._engine.dispose()
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            self._dispose()
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._dispose)
+        finally:
+            executor.shutdown(wait=False)
+
+    def _dispose(self) -> None:
+        with self._in_use:
+            self._engine.dispose()
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     configure_sqlite(dbapi_connection, SQLITE_BUSY_TIMEOUT_MS)
 
 
-class Connections:
-    """Hands out connections of ``engine``: this process's one connection on SQLite
-    (behind a lock, opened after the file is in WAL mode), a pooled one elsewhere."""
+class ServerConnections:
+    """Pooled connections of SQLAlchemy's async engine (PostgreSQL, MariaDB/MySQL)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._single_connection = engine.dialect.name == "sqlite"
-        self._in_memory = self._single_connection and _is_in_memory(engine)
-        self._file_ready = False
-        self._connection_loop: asyncio.AbstractEventLoop | None = None
-        self._lock: asyncio.Lock | None = None
-        #: Keep pooled connections open between uses (while the app serves); when False
-        #: the pool is emptied after each use, so nothing is left for the garbage
-        #: collector of an app that is never shut down (``test_client()`` alone).
+    def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
+        # Imported here: SQLite never needs the asyncio extension (nor the ORM it loads).
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        kwargs: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", "hide_parameters": True}
+        if url.get_driver_name() == "asyncpg":
+            # Requests use their own asyncpg pool; this engine only serves maintenance,
+            # where a liveness check per checkout is cheap insurance after outages.
+            kwargs["pool_pre_ping"] = True
+        connect_args = effective_connect_args(url, options)
+        kwargs.update(options)
+        if connect_args:
+            kwargs["connect_args"] = connect_args
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self.url = url
+        self.dialect = self.engine.dialect
         self.keep_open = True
         self._in_use = 0
 
-    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Await ``work(connection)`` and give the connection back."""
-        if not self._single_connection:
-            async with self.pooled() as connection:
-                return await work(connection)
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._connection_loop is not loop:
-            # First use, or the app moved to a new event loop (e.g. one per test):
-            # an asyncio.Lock cannot cross loops.
-            self._lock = asyncio.Lock()
-            self._connection_loop = loop
-        async with self._lock:
-            if not self._file_ready:
-                await self._prepare_sqlite_file()
-                self._file_ready = True
-            try:
-                # StaticPool hands out its one DBAPI connection every time; checking it
-                # out per call leaves nothing checked out for the garbage collector.
-                async with self.engine.connect() as connection:
-                    return await work(connection)
-            finally:
-                if not self.keep_open and not self._in_memory:
-                    # An in-memory database lives in that connection: keep it.
-                    await self.engine.dispose()
+    @property
+    def sync_engine(self) -> Engine:
+        return self.engine.sync_engine
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        async with self.pooled() as connection:
+            return await connection.run_sync(work)
 
     @asynccontextmanager
     async def pooled(self) -> AsyncIterator[AsyncConnection]:
-        """A connection of the pool for a block (server databases only)."""
+        """A connection of the pool for a block."""
         self._in_use += 1
         try:
             async with self.engine.connect() as connection:
@@ -125,29 +208,8 @@ class Connections:
             if not self.keep_open and not self._in_use:
                 await self.engine.dispose()
 
-    async def _prepare_sqlite_file(self) -> None:
-        # The file exactly as the engine opens it: a "file:" URI keeps its options
-        # (mode=memory, ...), which a bare "file:x" would turn into a file named x.
-        [database], options = self.engine.dialect.create_connect_args(self.engine.url)
-        if database == ":memory:":
-            return
-        is_uri = bool(options.get("uri"))
-        await asyncio.get_running_loop().run_in_executor(
-            None, prepare_sqlite_file, database, is_uri
-        )
-
     async def close(self) -> None:
-        """Close the connections (new ones are opened if used again)."""
-        if self._lock is not None and self._connection_loop is asyncio.get_running_loop():
-            async with self._lock:
-                await self.engine.dispose()
-        else:
-            await self.engine.dispose()
-
-
-def _is_in_memory(engine: AsyncEngine) -> bool:
-    [database], options = engine.dialect.create_connect_args(engine.url)
-    return database == ":memory:" or (bool(options.get("uri")) and "mode=memory" in database)
+        await self.engine.dispose()
 
 
 # PostgreSQL advisory locks: transaction-scoped, taken and held inside one transaction,
@@ -157,7 +219,7 @@ def _is_in_memory(engine: AsyncEngine) -> bool:
 
 
 @asynccontextmanager
-async def postgresql_try_lock(connections: Connections, key: int) -> AsyncIterator[bool]:
+async def postgresql_try_lock(connections: ServerConnections, key: int) -> AsyncIterator[bool]:
     """Hold the advisory lock ``key`` for the block if nobody holds it (yields whether it
     was acquired), in a transaction kept open for the block on one connection: a
     pooler keeps its server connection for it, and the lock ends with it whatever
@@ -171,12 +233,10 @@ async def postgresql_try_lock(connections: Connections, key: int) -> AsyncIterat
             yield bool(result.scalar())
 
 
-async def run_locked_postgresql(
-    connection: AsyncConnection, key: int, work: Callable[[], Awaitable[T]]
-) -> T:
-    """Await ``work()`` in one transaction of ``connection`` that first waits for the
+def run_locked_postgresql(connection: Connection, key: int, work: Callable[[], T]) -> T:
+    """Call ``work()`` in one transaction of ``connection`` that first waits for the
     advisory lock ``key``; it is released at commit or rollback."""
-    await connection.execution_options(isolation_level="READ COMMITTED")
-    async with connection.begin():
-        await connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-        return await work()
+    connection.execution_options(isolation_level="READ COMMITTED")
+    with connection.begin():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        return work()

@@ -5,7 +5,7 @@ statistics, key rotation) through SQLAlchemy."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,9 +24,8 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..config import MAINTENANCE_CONNECTIONS, postgresql_budget
 from ..errors import TableMissing, TableOutdated
@@ -34,8 +33,9 @@ from ..schema import build_table
 from .base import StoredSession, StoreStats
 from .connections import (
     Connections,
-    create_engine,
+    ServerConnections,
     effective_connect_args,
+    open_connections,
     postgresql_try_lock,
     run_locked_postgresql,
 )
@@ -70,11 +70,11 @@ class SqlStore:
         asyncpg = url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg"
         if asyncpg:
             engine_options.update(pool_size=1, max_overflow=MAINTENANCE_CONNECTIONS - 1)
-        self.engine = create_engine(url, engine_options)
-        self.connections = Connections(self.engine)
+        self.connections: Connections = open_connections(url, engine_options)
+        self.dialect: Dialect = self.connections.dialect
         self.table: Table = build_table(MetaData(), table_name)
         self._ready = False
-        self._hot = _hot_statements(self.table, self.engine.dialect)
+        self._hot = _hot_statements(self.table, self.dialect)
         #: Callables told the name of each per-request statement before it runs
         #: (``"load"``, ``"insert"``, ``"update"``, ``"touch"``, ``"delete"``,
         #: ``"delete_version"``): for metrics, tracing, or tests that count round trips.
@@ -101,18 +101,23 @@ class SqlStore:
         if asyncpg:
             from .asyncpg_runner import AsyncpgRunner, asyncpg_connect_kwargs
 
-            _, url_kwargs = self.engine.dialect.create_connect_args(url)
+            _, url_kwargs = self.dialect.create_connect_args(url)
             connect = asyncpg_connect_kwargs(url_kwargs, effective_connect_args(url, options))
             return AsyncpgRunner(connect, max(budget - MAINTENANCE_CONNECTIONS, 1))
         return SqlAlchemyRunner(self.connections)
 
     @property
     def backend(self) -> str:
-        name = self.engine.dialect.name
+        name = self.dialect.name
         return "mysql" if name == "mariadb" else name
 
+    @property
+    def sync_engine(self) -> Engine:
+        """The synchronous SQLAlchemy engine of maintenance work (for event listeners)."""
+        return self.connections.sync_engine
+
     def describe(self) -> str:
-        url = self.engine.url.render_as_string(hide_password=True)
+        url = self.connections.url.render_as_string(hide_password=True)
         return f"table {self.table.name!r} in {url}"
 
     @property
@@ -123,8 +128,9 @@ class SqlStore:
         self._runner.keep_open = keep
         self.connections.keep_open = keep
 
-    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``work`` with a SQLAlchemy connection (schema work and maintenance)."""
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        """Call ``work`` with a SQLAlchemy connection (schema work and maintenance); it
+        runs on a worker thread (SQLite) or in SQLAlchemy's async bridge."""
         return await self.connections.run(work)
 
     async def close(self) -> None:
@@ -137,7 +143,7 @@ class SqlStore:
     async def prepare(self, *, create_table: bool) -> None:
         if self._ready:
             return
-        url = self.engine.url.render_as_string(hide_password=True)
+        url = self.connections.url.render_as_string(hide_password=True)
         if create_table:
             await self.run(self._create_table)
         elif not await self.table_exists():
@@ -151,23 +157,20 @@ class SqlStore:
         def columns(connection: Connection) -> set[str]:
             return {c["name"] for c in inspect(connection).get_columns(self.table.name)}
 
-        present = await self.run(lambda connection: connection.run_sync(columns))
+        present = await self.run(columns)
         return [c.name for c in self.table.columns if c.name not in present]
 
-    async def _create_table(self, connection: AsyncConnection) -> None:
-        dialect = connection.dialect.name
-        if dialect == "postgresql":
+    def _create_table(self, connection: Connection) -> None:
+        if connection.dialect.name == "postgresql":
             # Two workers creating the table at once collide in pg_type; serialize them.
             lock_key = hash_lock_key(self.table.name)
-            await run_locked_postgresql(
-                connection, lock_key, lambda: connection.run_sync(self._create_missing)
-            )
+            run_locked_postgresql(connection, lock_key, lambda: self._create_missing(connection))
             return
         try:
-            await connection.run_sync(self._create_missing)
+            self._create_missing(connection)
         except DBAPIError:
             # Another worker created it between our check and our CREATE.
-            if not await connection.run_sync(self._table_exists):
+            if not self._table_exists(connection):
                 raise
 
     def _create_missing(self, connection: Connection) -> None:
@@ -242,19 +245,15 @@ class SqlStore:
         return await self._runner.rowcount(self._hot[name], params)
 
     async def _rowcount(self, statement: Any, params: dict[str, Any]) -> int:
-        async def work(connection: AsyncConnection) -> int:
-            result = await connection.execute(statement, params)
-            return int(result.rowcount)
+        def work(connection: Connection) -> int:
+            return int(connection.execute(statement, params).rowcount)
 
         return await self.run(work)
 
     # -- maintenance: pruning, statistics, key rotation ------------------------------
 
     async def table_exists(self) -> bool:
-        def exists(connection: Connection) -> bool:
-            return inspect(connection).has_table(self.table.name)
-
-        return await self.run(lambda connection: connection.run_sync(exists))
+        return await self.run(self._table_exists)
 
     async def delete_expired(self, now: int, limit: int) -> int:
         """Delete at most ``limit`` rows whose deadline ``expires_at`` is at or before
@@ -262,7 +261,7 @@ class SqlStore:
 
         Safe to run from several processes at once: PostgreSQL skips rows another pruner
         has locked, MariaDB/MySQL lock in index order, SQLite serializes writers."""
-        dialect = self.engine.dialect
+        dialect = self.dialect
         t = self.table
         statement: Any
         if dialect.name in ("mysql", "mariadb"):
@@ -301,11 +300,15 @@ class SqlStore:
         acquired. SQLite has no such lock
         (its writers are serialized anyway); this yields True and callers must be correct
         when run concurrently."""
-        dialect = self.engine.dialect.name
+        dialect = self.dialect.name
+        connections = self.connections
         key: int | str
+        if not isinstance(connections, ServerConnections):
+            yield True
+            return
         if dialect == "postgresql":
             async with postgresql_try_lock(
-                self.connections, hash_lock_key(f"{name}:{self.table.name}")
+                connections, hash_lock_key(f"{name}:{self.table.name}")
             ) as acquired:
                 yield acquired
             return
@@ -315,7 +318,7 @@ class SqlStore:
         else:
             yield True
             return
-        async with self.connections.pooled() as connection:
+        async with connections.pooled() as connection:
             result = await connection.execute(text(take), {"k": key})
             if result.scalar() != 1:
                 yield False
@@ -342,8 +345,8 @@ class SqlStore:
             func.coalesce(func.max(size), 0),
         ).select_from(t)
 
-        async def work(connection: AsyncConnection) -> StoreStats:
-            row = (await connection.execute(query)).one()
+        def work(connection: Connection) -> StoreStats:
+            row = connection.execute(query).one()
             return StoreStats(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
         return await self.run(work)
@@ -367,7 +370,7 @@ class SqlStore:
             .values(payload=bindparam("p"), user_hash=bindparam("u"), client=bindparam("c"))
         )
 
-        async def work(connection: AsyncConnection) -> int:
+        def work(connection: Connection) -> int:
             done = 0
             for row in rows:
                 params = {
@@ -377,7 +380,7 @@ class SqlStore:
                     "u": row.user_hash,
                     "c": row.client,
                 }
-                done += int((await connection.execute(statement, params)).rowcount)
+                done += int(connection.execute(statement, params).rowcount)
             return done
 
         return await self.run(work)
@@ -411,9 +414,8 @@ class SqlStore:
         return await self._rowcount(statement, {})
 
     async def _rows(self, query: Any) -> list[StoredSession]:
-        async def work(connection: AsyncConnection) -> list[StoredSession]:
-            result = await connection.execute(query)
-            return [_stored(row._mapping) for row in result]
+        def work(connection: Connection) -> list[StoredSession]:
+            return [_stored(row._mapping) for row in connection.execute(query)]
 
         return await self.run(work)
 

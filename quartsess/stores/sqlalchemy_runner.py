@@ -1,5 +1,5 @@
-"""Per-request statements through SQLAlchemy's async engine: MariaDB/MySQL, and SQLite
-URLs that are not a plain file path (``:memory:``, ``file:`` URIs)."""
+"""Per-request statements through SQLAlchemy: MariaDB/MySQL (its async engine), and SQLite
+URLs that are not a plain file path (``:memory:``, ``file:`` URIs; on a thread)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 from collections.abc import Awaitable, Callable, Container, Mapping
 from typing import Any, TypeVar
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .connections import Connections
 from .statements import CompiledStatement, Row
@@ -67,17 +67,16 @@ class SqlAlchemyRunner:
     async def fetch_one(
         self, statement: CompiledStatement, params: Mapping[str, Any]
     ) -> Row | None:
-        async def work(connection: AsyncConnection) -> Row | None:
-            result = await connection.execute(statement.statement, dict(params))
-            row: Row | None = result.first()
+        def work(connection: Connection) -> Row | None:
+            row: Row | None = connection.execute(statement.statement, dict(params)).first()
             return row
 
         result: Row | None = await self._run(work)
         return result
 
     async def rowcount(self, statement: CompiledStatement, params: Mapping[str, Any]) -> int:
-        async def work(connection: AsyncConnection) -> int:
-            return int((await connection.execute(statement.statement, dict(params))).rowcount)
+        def work(connection: Connection) -> int:
+            return int(connection.execute(statement.statement, dict(params)).rowcount)
 
         async def once() -> int:
             result: int = await self._run(work)
