@@ -9,8 +9,11 @@
 ``none`` serves the same routes without touching any session (the ceiling); ``cookie``
 is Quart's built-in signed-cookie session; ``sqlite`` and ``postgresql`` are quartsess
 (``BENCH_DB_URL``, ``BENCH_TABLE``). ``BENCH_GC_FREEZE=1`` calls ``gc.freeze()`` once
-serving starts (``bench.run`` does so for every target unless ``--no-gc-freeze``);
-``BENCH_GC_STATS=1`` prints the garbage collector's full collections and totals.
+serving starts (``bench.run --gc-freeze``; off by default). ``BENCH_GC_STATS=1`` (which
+``bench.run`` sets for every target) prints, once serving starts and after a
+``gc.collect()``, the number of objects the garbage collector tracks ("gc TARGET: tracked
+objects N"), then every full collection ("gc TARGET: full collection X ms") and
+per-generation totals every 500 collections.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import gc
 import os
 import random
 import time
+from collections.abc import Callable
 
 from quart import Quart, session
 
@@ -67,23 +71,34 @@ def create_app() -> Quart:
     async def ping() -> str:
         return "ok"
 
-    if os.environ.get("BENCH_GC_FREEZE"):
+    gc_stats = bool(os.environ.get("BENCH_GC_STATS"))
+    gc_freeze = bool(os.environ.get("BENCH_GC_FREEZE"))
+    if gc_stats or gc_freeze:
 
         @app.before_serving
-        async def freeze() -> None:
-            # Start-up objects (modules, the app, SQLAlchemy's metadata) out of the way
-            # of every later full collection.
+        async def settle_heap() -> None:
+            # Runs after quartsess's own start-up hook (registered first), so the count
+            # includes the engine and its pool.
             gc.collect()
-            gc.freeze()
+            if gc_stats:
+                # Counted before any gc.freeze(): frozen objects are not listed.
+                print(f"gc {target}: tracked objects {len(gc.get_objects())}", flush=True)
+            if gc_freeze:
+                # Start-up objects (modules, the app, SQLAlchemy's metadata) out of the way
+                # of every later full collection.
+                gc.freeze()
+            if gc_stats:
+                # Only from now on: the collection above is start-up, not load.
+                gc.callbacks.append(_gc_callback(target))
 
-    if os.environ.get("BENCH_GC_STATS"):
-        _report_gc(app, target)
     return app
 
 
-def _report_gc(app: Quart, target: str) -> None:
-    """Print every full collection of the garbage collector, and per-generation totals
-    every 500 collections (a diagnostic: ``BENCH_GC_STATS=1``)."""
+def _gc_callback(target: str) -> Callable[[str, dict[str, int]], None]:
+    """A ``gc.callbacks`` entry that prints every full collection of the garbage collector,
+    and per-generation totals every 500 collections (a diagnostic: ``BENCH_GC_STATS=1``).
+    It prints from within the collector, on generation-2 collections only (and the
+    totals every 500th), never once per request."""
     started: list[float] = []
     totals = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
 
@@ -105,4 +120,4 @@ def _report_gc(app: Quart, target: str) -> None:
             )
             print(f"gc {target}: {summary}", flush=True)
 
-    gc.callbacks.append(callback)
+    return callback
