@@ -219,7 +219,7 @@ async def test_on_postgresql_a_touch_commits_without_the_flush_and_content_write
         connection.execute(text(f"CREATE TABLE {log} (op text, mode text)"))
         connection.execute(
             text(
-                f"CREATE FUNCTION {log}_f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"CREATE FUNCTION {log}_f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "  # noqa: S608
                 f"INSERT INTO {log} VALUES (TG_OP || ':' || "
                 "CASE WHEN NEW.version IS DISTINCT FROM OLD.version THEN 'content' "
                 "ELSE 'touch' END, current_setting('synchronous_commit')); RETURN NEW; END $$"
