@@ -148,7 +148,10 @@ class SessionSaver:
         self.create_table = create_table
         self.user_key = user_key
         self.users = users
-        self._sealed_clients: dict[tuple[str, Client], bytes] = {}
+        # Keyed by one string, not a tuple with the Client: str and bytes are not tracked
+        # by the garbage collector, so a full cache adds one object to every full
+        # collection's walk instead of some 8,000.
+        self._sealed_clients: dict[str, bytes] = {}
 
     # -- load -------------------------------------------------------------------------
 
@@ -273,7 +276,7 @@ class SessionSaver:
     ) -> bytes | None:
         if client is None:
             return stored
-        key = (id_hash, client)
+        key = id_hash + repr((client.user_agent, client.ip_address))  # one unambiguous str
         sealed = self._sealed_clients.get(key)
         if sealed is None:
             # Encrypting costs more than the rest of a write; the same browser writing
