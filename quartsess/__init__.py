@@ -7,7 +7,7 @@ modules are internal and may change between releases.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 from quart import session as _quart_session
 
@@ -27,7 +27,7 @@ from .errors import (
 from .extension import Session
 from .interface import ServerSessionInterface
 from .keys import generate_key
-from .schema import build_table, metadata
+from .schema import build_table
 from .serializer import SessionSerializer
 from .session import ServerSession
 from .users import SessionInfo
@@ -35,6 +35,18 @@ from .users import SessionInfo
 session = cast(ServerSession, _quart_session)
 """Quart's ``session`` proxy, typed as :class:`ServerSession` so that ``regenerate()``,
 ``sid`` and ``save()`` type-check; it is the very same object as ``quart.session``."""
+
+if TYPE_CHECKING:
+    from .schema import metadata
+
+
+def __getattr__(name: str) -> Any:
+    if name == "metadata":  # built on first use (see quartsess.schema)
+        from . import schema
+
+        return schema.metadata
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ConfigurationError",

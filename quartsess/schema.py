@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, MetaData, String, Table
-from sqlalchemy.dialects import mysql
+from sqlalchemy.types import TypeEngine
 
 from .config import DEFAULT_TABLE
 
-# MySQL's plain BLOB stops at 64 KiB; sessions may be larger (SESSION_MAX_BYTES).
-PayloadType = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+MYSQL_DIALECTS = ("mysql", "mariadb")
 
 
-def build_table(metadata: MetaData, name: str = DEFAULT_TABLE) -> Table:
-    """Define the sessions table called ``name`` on ``metadata``.
+def payload_type(dialect: str | None = None) -> TypeEngine[bytes]:
+    """The payload column's type: LONGBLOB on MariaDB/MySQL, whose plain BLOB stops at
+    64 KiB (sessions may be larger: SESSION_MAX_BYTES), a plain binary type elsewhere.
+    Without a dialect, a type that is LONGBLOB there and binary elsewhere."""
+    if dialect is not None and dialect not in MYSQL_DIALECTS:
+        # MySQL's dialect package is imported only where it is needed: every import
+        # adds to what each full garbage collection walks.
+        return LargeBinary()
+    from sqlalchemy.dialects import mysql
+
+    if dialect is not None:
+        return mysql.LONGBLOB()
+    return LargeBinary().with_variant(mysql.LONGBLOB(), *MYSQL_DIALECTS)
+
+
+def build_table(
+    metadata: MetaData, name: str = DEFAULT_TABLE, *, dialect: str | None = None
+) -> Table:
+    """Define the sessions table called ``name`` on ``metadata`` (for the database
+    ``dialect``, such as ``"postgresql"``, if given; otherwise for any).
 
     Columns: ``id_hash`` (hex SHA-256 of the cookie ID; the ID itself is never stored),
     ``payload`` (Fernet ciphertext), ``version`` (bumped on every content write, for
@@ -26,7 +45,7 @@ def build_table(metadata: MetaData, name: str = DEFAULT_TABLE) -> Table:
         name,
         metadata,
         Column("id_hash", String(64), primary_key=True),
-        Column("payload", PayloadType, nullable=False),
+        Column("payload", payload_type(dialect), nullable=False),
         Column("version", Integer, nullable=False),
         Column("created_at", BigInteger, nullable=False),
         Column("touched_at", BigInteger, nullable=False),
@@ -40,8 +59,18 @@ def build_table(metadata: MetaData, name: str = DEFAULT_TABLE) -> Table:
     )
 
 
-metadata = MetaData()
-"""Metadata holding the default ``quart_sessions`` table: add it to your own Alembic
-``target_metadata`` to manage quartsess's table alongside yours."""
+if TYPE_CHECKING:
+    metadata: MetaData
+    """Metadata holding the default ``quart_sessions`` table: add it to your own Alembic
+    ``target_metadata`` to manage quartsess's table alongside yours."""
+    sessions_table: Table
 
-sessions_table = build_table(metadata)
+
+def __getattr__(name: str) -> Any:
+    # Built on first use: the metadata for any database needs MySQL's dialect package.
+    if name in ("metadata", "sessions_table"):
+        global metadata, sessions_table
+        metadata = MetaData()
+        sessions_table = build_table(metadata)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -72,7 +72,7 @@ class SqlStore:
             engine_options.update(pool_size=1, max_overflow=MAINTENANCE_CONNECTIONS - 1)
         self.connections: Connections = open_connections(url, engine_options)
         self.dialect: Dialect = self.connections.dialect
-        self.table: Table = build_table(MetaData(), table_name)
+        self.table: Table = build_table(MetaData(), table_name, dialect=self.dialect.name)
         self._ready = False
         self._hot = _hot_statements(self.table, self.dialect)
         #: Callables told the name of each per-request statement before it runs
