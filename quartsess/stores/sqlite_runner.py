@@ -21,8 +21,8 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 #: The write-ahead log is cut back to this size whenever it restarts after a complete
 #: checkpoint, so a burst of writes does not leave a large file behind.
 JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
-# A frame is one page (4 KiB unless the app changed page_size) plus a 24-byte header.
-_PAGE_BYTES_GUESS = 4096 + 24
+# The size limit in log frames (one page each: 4 KiB unless the app changed page_size).
+_LOG_LIMIT_FRAMES = JOURNAL_SIZE_LIMIT // 4096
 
 
 class SqliteRunner:
@@ -36,12 +36,14 @@ class SqliteRunner:
     The inline connection never checkpoints the WAL itself (a checkpoint copies pages into
     the database file and fsyncs it: milliseconds, on the loop, in whichever write crossed
     the threshold). Every ``CHECKPOINT_EVERY`` inline writes, a passive checkpoint (never
-    waits for readers or writers) runs on the worker thread instead. Under sustained
-    writes that one may never finish: this process's own writes append to the log while
-    it copies, so the log never restarts and keeps growing. When a thread checkpoint ends
-    with more than ``JOURNAL_SIZE_LIMIT`` of the log left behind it, the next inline write
-    runs one passive checkpoint itself, with no write of this process in between: it
-    copies only what the thread's left (milliseconds), and the log can restart.
+    waits for readers or writers) runs on the worker thread instead. The log restarts
+    from its beginning (and is cut back to ``JOURNAL_SIZE_LIMIT``) only when a write
+    begins just after a checkpoint has copied all of it; a checkpoint that started in the
+    middle of a run of writes never has, so under steady writes the log would only grow.
+    While the log is past its size limit, every write therefore starts the next thread
+    checkpoint at once (when none is running) instead of after ``CHECKPOINT_EVERY``
+    writes: each copies only what was written during the last, and the first to finish
+    in a gap between writes lets the next write restart the log.
 
     Only the URL's file path is used: query options and ``connect_args`` of the URL or
     ``SESSION_ENGINE_OPTIONS`` apply to the SQLAlchemy engine (maintenance) alone."""
@@ -59,7 +61,7 @@ class SqliteRunner:
         self._opening: asyncio.Lock | None = None
         self._writes = 0  # inline writes since the last checkpoint was started
         self._checkpointing = False
-        self._catch_up_inline = False  # the last thread checkpoint fell behind the writes
+        self._log_too_long = False  # the last checkpoint found the log past its limit
         #: Keep the connections open between statements (while the app serves);
         #: otherwise they are closed after each statement.
         self.keep_open = True
@@ -144,10 +146,8 @@ class SqliteRunner:
         else:
             if not fetch:
                 self._writes += 1
-                if self._catch_up_inline and not self._checkpointing:
-                    self._catch_up_inline = False
-                    _checkpoint(inline)
-                elif self._writes >= self.CHECKPOINT_EVERY and not self._checkpointing:
+                due = self._writes >= self.CHECKPOINT_EVERY or self._log_too_long
+                if due and not self._checkpointing:
                     self._start_checkpoint(thread)
             return result
         waiting = self._waiting
@@ -170,13 +170,10 @@ class SqliteRunner:
         # A concurrent future: its callback runs on the thread even if this loop is gone.
         thread.submit(_checkpoint, waiting).add_done_callback(self._checkpoint_done)
 
-    def _checkpoint_done(self, future: Future[tuple[int, int] | None]) -> None:
+    def _checkpoint_done(self, future: Future[int | None]) -> None:
         # On the worker thread: only flags are set here.
-        progress = None if future.cancelled() or future.exception() else future.result()
-        if progress is not None:
-            log_frames, copied_frames = progress
-            behind = (log_frames - copied_frames) * _PAGE_BYTES_GUESS
-            self._catch_up_inline = behind > JOURNAL_SIZE_LIMIT
+        log_frames = None if future.cancelled() or future.exception() else future.result()
+        self._log_too_long = log_frames is not None and log_frames > _LOG_LIMIT_FRAMES
         self._checkpointing = False
 
     async def close(self) -> None:
@@ -242,16 +239,14 @@ def _is_busy(error: sqlite3.Error) -> bool:
     )
 
 
-def _checkpoint(connection: sqlite3.Connection) -> tuple[int, int] | None:
+def _checkpoint(connection: sqlite3.Connection) -> int | None:
     """Copy what the WAL holds into the database file, without waiting for anyone;
-    returns (frames in the log, frames copied), or None if it could not run."""
+    returns the log's length in frames, or None if the checkpoint could not run."""
     try:
         row = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     except sqlite3.Error:
         return None  # closed, or busy: the next one catches up
-    if row is None or int(row[1]) < 0:
-        return None
-    return int(row[1]), int(row[2])
+    return None if row is None else int(row[1])
 
 
 def _run_sqlite(
