@@ -4,11 +4,15 @@ reference and the SQL store on SQLite, PostgreSQL and MariaDB."""
 from __future__ import annotations
 
 import ast
+import asyncio
+import contextvars
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from quartsess.stores.base import MaintainedStore, StoredSession
@@ -147,3 +151,66 @@ def test_stores_know_no_quart_and_the_save_protocol_knows_no_driver() -> None:
     assert not [n for n in saving if n.split(".")[0] in web]
     assert not [n for n in saving if "runner" in n or n.endswith(("sql", "memory"))], saving
     assert not [n for n in _imports(PACKAGE / "session.py") if "stores" in n]
+
+
+async def test_engine_listeners_see_the_callers_context(db_url: str, table_name: str) -> None:
+    """Maintenance on SQLite runs on a worker thread; a listener on the store's engine
+    (tracing, say) still sees the context of the code that asked for the work."""
+    store = SqlStore(make_url(db_url), table_name, {})
+    request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("rid", default=None)
+    seen: list[str | None] = []
+
+    def listener(*_args: object) -> None:
+        seen.append(request_id.get())
+
+    event.listen(store.sync_engine, "before_cursor_execute", listener)
+    try:
+        request_id.set("request-1")
+        await store.prepare(create_table=True)
+        await store.stats(0)
+        assert seen and set(seen) == {"request-1"}
+    finally:
+        event.remove(store.sync_engine, "before_cursor_execute", listener)
+        await store.close()
+
+
+async def test_a_shared_in_memory_sqlite_database_lives_until_the_store_closes() -> None:
+    store = SqlStore(make_url("sqlite+aiosqlite:///file::memory:?cache=shared&uri=true"), "s", {})
+    try:
+        await store.prepare(create_table=True)
+        await store.insert(row("a" * 64))
+        assert (await store.load("a" * 64)) is not None
+        assert (await store.stats(0)).rows == 1
+    finally:
+        await store.close()
+
+
+async def test_closing_while_a_cancelled_callers_work_still_runs_leaves_the_loop_free(
+    tmp_path: Path,
+) -> None:
+    """SQLite maintenance runs on a thread; a caller cancelled meanwhile leaves its work
+    running there. Closing the store then waits for that work off the event loop."""
+    store = SqlStore(make_url(f"sqlite+aiosqlite:///{tmp_path / 's.sqlite3'}"), "s", {})
+    started, release = threading.Event(), threading.Event()
+    # If close() blocked the loop, nothing below could set `release`: this bounds the test.
+    watchdog = threading.Timer(10, release.set)
+    watchdog.start()
+
+    def slow_work(_connection: object) -> int:
+        started.set()
+        release.wait()
+        return 1
+
+    try:
+        work = asyncio.ensure_future(store.run(slow_work))
+        assert await asyncio.to_thread(started.wait, 10)
+        work.cancel()
+        closing = asyncio.ensure_future(store.close())
+        await asyncio.sleep(0)  # one loop iteration: close() has started
+        assert not closing.done()
+        release.set()  # reached only if the loop is still free
+        assert watchdog.is_alive()
+        await closing
+    finally:
+        watchdog.cancel()
+        release.set()

@@ -14,6 +14,7 @@ implementation of every maintenance statement serves both kinds of database:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -109,7 +110,10 @@ class SqliteConnections:
         [database], connect_options = self.dialect.create_connect_args(self._engine.url)
         self._database: str = database
         self._is_uri = bool(connect_options.get("uri"))
-        self._in_memory = database == ":memory:" or (self._is_uri and "mode=memory" in database)
+        self._in_memory = database == ":memory:" or (
+            self._is_uri
+            and ("mode=memory" in database or database.split("?", 1)[0] == "file::memory:")
+        )
         self._file_ready = False
         # The connection is used by one thread at a time, whoever awaits: a caller
         # cancelled while its work runs must not let the next caller's work start on it.
@@ -124,8 +128,13 @@ class SqliteConnections:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="quartsess-sqlite")
         executor = self._executor
+        # The caller's context goes along, as through SQLAlchemy's async bridge, so
+        # engine event listeners (tracing, say) see it.
+        context = contextvars.copy_context()
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, self._run, work)
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, context.run, self._run, work
+            )
         finally:
             if not self.keep_open and self._executor is executor:
                 # Not serving: no idle thread is left behind either (queued work still runs).
@@ -149,11 +158,14 @@ class SqliteConnections:
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
+        loop = asyncio.get_running_loop()
         if executor is None:
-            self._dispose()
+            # Work of a cancelled caller may still hold the connection: never wait for it
+            # on the event loop.
+            await loop.run_in_executor(None, self._dispose)
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._dispose)
+            await loop.run_in_executor(executor, self._dispose)
         finally:
             executor.shutdown(wait=False)
 
