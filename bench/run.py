@@ -677,14 +677,14 @@ def update_readme(table: str, meta: dict[str, Any]) -> None:
         gc_text = (
             "Every app in this run calls `gc.freeze()` once serving starts (`--gc-freeze`; "
             "the issue's goals are measured without it): quartsess's imports (SQLAlchemy "
-            "above all) roughly double the heap every full garbage collection walks, and "
+            "above all) add 60-110 % to the heap every full garbage collection walks, and "
             "freezing the start-up objects removes most of that cost"
         )
     else:
         gc_text = (
             "No app in the benchmark calls `gc.freeze()` (the issue's goals are measured "
             "without it; `--gc-freeze` compares): quartsess's imports (SQLAlchemy above all) "
-            "roughly double the heap every full garbage collection walks, as the second "
+            "add 60-110 % to the heap every full garbage collection walks, as the second "
             "table's tracked objects show, and calling `gc.freeze()` once serving starts "
             "removes most of that cost"
         )
