@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ..config import MAINTENANCE_CONNECTIONS, postgresql_budget
 from ..errors import TableMissing, TableOutdated
-from ..schema import build_table
+from ..schema import MYSQL_DIALECTS, build_table
 from .base import StoredSession, StoreStats
 from .connections import (
     Connections,
@@ -264,7 +264,7 @@ class SqlStore:
         dialect = self.dialect
         t = self.table
         statement: Any
-        if dialect.name in ("mysql", "mariadb"):
+        if dialect.name in MYSQL_DIALECTS:
             # MariaDB/MySQL reject LIMIT inside an IN subquery but have DELETE ... LIMIT.
             name = dialect.identifier_preparer.quote(t.name)
             statement = text(
@@ -312,7 +312,7 @@ class SqlStore:
             ) as acquired:
                 yield acquired
             return
-        if dialect in ("mysql", "mariadb"):
+        if dialect in MYSQL_DIALECTS:
             key = f"quartsess:{hash_lock_key(f'{name}:{self.table.name}')}"  # <= 64 chars
             take, give = "SELECT GET_LOCK(:k, 0)", "SELECT RELEASE_LOCK(:k)"
         else:
