@@ -158,16 +158,13 @@ class SqliteConnections:
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
-        loop = asyncio.get_running_loop()
-        if executor is None:
-            # Work of a cancelled caller may still hold the connection: never wait for it
-            # on the event loop.
-            await loop.run_in_executor(None, self._dispose)
-            return
+        # On a thread (the default one when this store's is gone): work of a cancelled
+        # caller may still hold the connection, and the event loop never waits for it.
         try:
-            await loop.run_in_executor(executor, self._dispose)
+            await asyncio.get_running_loop().run_in_executor(executor, self._dispose)
         finally:
-            executor.shutdown(wait=False)
+            if executor is not None:
+                executor.shutdown(wait=False)
 
     def _dispose(self) -> None:
         with self._in_use:
