@@ -40,10 +40,11 @@ class SqliteRunner:
     from its beginning (and is cut back to ``JOURNAL_SIZE_LIMIT``) only when a write
     begins just after a checkpoint has copied all of it; a checkpoint that started in the
     middle of a run of writes never has, so under steady writes the log would only grow.
-    While the log is past its size limit, every write therefore starts the next thread
-    checkpoint at once (when none is running) instead of after ``CHECKPOINT_EVERY``
-    writes: each copies only what was written during the last, and the first to finish
-    in a gap between writes lets the next write restart the log.
+    So once a checkpoint finds the log past its size limit, writes go to the thread too,
+    each behind a checkpoint (one is started when none is running), until a checkpoint
+    finds the log short again: with no inline write in between, the first write after a
+    checkpoint that copied everything restarts the log. The event loop never waits for
+    any of it; only those writes do, as a contended write does.
 
     Only the URL's file path is used: query options and ``connect_args`` of the URL or
     ``SESSION_ENGINE_OPTIONS`` apply to the SQLAlchemy engine (maintenance) alone."""
@@ -138,6 +139,12 @@ class SqliteRunner:
     ) -> tuple[Any, ...] | int | None:
         inline, thread = await self._connections()
         arguments = statement.arguments(params)
+        if not fetch and self._log_too_long:
+            # Queued behind a checkpoint on the thread, with no inline write in between:
+            # the first write after a checkpoint that copied everything restarts the log.
+            if not self._checkpointing:
+                self._start_checkpoint(thread)
+            return await self._on_thread(thread, statement.sql, arguments, fetch)
         try:
             result = _run_sqlite(inline, statement.sql, arguments, fetch)
         except sqlite3.OperationalError as error:
@@ -146,18 +153,21 @@ class SqliteRunner:
         else:
             if not fetch:
                 self._writes += 1
-                due = self._writes >= self.CHECKPOINT_EVERY or self._log_too_long
-                if due and not self._checkpointing:
+                if self._writes >= self.CHECKPOINT_EVERY and not self._checkpointing:
                     self._start_checkpoint(thread)
             return result
+        return await self._on_thread(thread, statement.sql, arguments, fetch)
+
+    async def _on_thread(
+        self, thread: ThreadPoolExecutor, sql: str, arguments: tuple[Any, ...], fetch: bool
+    ) -> tuple[Any, ...] | int | None:
+        """Run the statement on the thread's connection, which waits for locks."""
         waiting = self._waiting
         if waiting is None:  # pragma: no cover - closed while in flight
             raise StoreError("the SQLite store is closed")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
-                thread, _run_sqlite, waiting, statement.sql, arguments, fetch
-            )
+            return await loop.run_in_executor(thread, _run_sqlite, waiting, sql, arguments, fetch)
         except sqlite3.Error as error:
             raise StoreError(f"SQLite: {error}") from error
 
