@@ -73,8 +73,10 @@ class User:
         rng: random.Random,
         verify: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
+        settled: asyncio.Event | None = None,
     ):
         self.verify = verify
+        self.settled = settled
         self.number = number
         self.name = f"user{number}"
         self.report = report
@@ -176,6 +178,14 @@ class User:
             self.client.cookies.clear()
             return
         give_up = time.monotonic() + deadline
+        if self.settled is not None:
+            # A lost write may still land (a killed worker's statement can commit after
+            # its client is gone): read back only once the fault says none can.
+            try:
+                await asyncio.wait_for(self.settled.wait(), deadline)
+            except TimeoutError:
+                self.report.mismatches.append(f"{self.name}: the fault never settled")
+                return
         while time.monotonic() < give_up:
             try:
                 state = await self.request("GET", "/state")
@@ -222,18 +232,20 @@ async def run_load(
     fault_at: float = 0.4,
     verify: bool = True,
     transport: Callable[[random.Random], httpx.AsyncBaseTransport] | None = None,
+    settled: asyncio.Event | None = None,
 ) -> LoadReport:
     """Run ``clients`` users for ``duration`` seconds (bounded), optionally running
     ``fault`` once ``fault_at`` of the way through; then check every session.
     ``transport(rng)`` gives each user its own HTTP transport (e.g. one spreading its
-    requests over several hosts, as a load balancer does)."""
+    requests over several hosts, as a load balancer does). While ``settled`` is clear,
+    users whose request was lost wait before reading their session back."""
     report = LoadReport(clients=clients, duration=duration)
     rng = random.Random(seed)
     users = []
     for number in range(clients):
         user_rng = random.Random(rng.random())
         own = None if transport is None else transport(random.Random(rng.random()))
-        users.append(User(number, base_url, report, user_rng, verify, own))
+        users.append(User(number, base_url, report, user_rng, verify, own, settled))
     stop_at = time.monotonic() + duration
 
     async def drive(user: User) -> None:

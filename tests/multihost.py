@@ -24,18 +24,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import make_url
 
 from tests.load import LoadReport, run_load
 from tests.netns import Host, hosts, set_link
 from tests.reliability import APPLICATION, OUTAGE_LINE, SECRET, log_problems
 from tests.servers import HYPERCORN, ROOT, Server, server_env, stop
-from tests.support import drop_table
+from tests.support import drop_table, helper_engine
 
 T = TypeVar("T")
 APP_PORT = 8000
 FRONT_HOST = "app.test"  # the one name users know; the transport picks the host
 START_TIMEOUT = 30.0
+SETTLE_TIMEOUT = 20.0  # a killed host's backends end within it
 
 
 class FaultyForwarder:
@@ -57,6 +59,19 @@ class FaultyForwarder:
         self._dropper: asyncio.Task[None] | None = None
         self._accepting: set[asyncio.StreamWriter] = set()
         self._closed = False
+        # Local ports of the connections made to the target, in order: the database
+        # server lists its backends by them (pg_stat_activity.client_port).
+        self.upstream_ports: list[int] = []
+
+    def open_connections(self) -> int:
+        """Connections accepted and not yet closed (or still connecting upstream)."""
+        return len(self._pairs) + len(self._accepting)
+
+    async def live_upstream_ports(self) -> tuple[set[int], int]:
+        """The local ports of the connections to the target open now (run it on the
+        forwarder's loop), and how many upstream connections were made until now."""
+        ports = {upstream.get_extra_info("sockname")[1] for _, upstream in self._pairs}
+        return ports, len(self.upstream_ports)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.listen, self.port)
@@ -103,6 +118,7 @@ class FaultyForwarder:
             return
         finally:
             self._accepting.discard(writer)
+        self.upstream_ports.append(upstream_writer.get_extra_info("sockname")[1])
         if self._closed:
             upstream_writer.transport.abort()
             writer.transport.abort()
@@ -324,6 +340,7 @@ class Cluster:
     hosts: list[AppHost]
     loop: BackgroundLoop
     table: str
+    pg_url: str
 
     @property
     def addresses(self) -> list[str]:
@@ -331,9 +348,7 @@ class Cluster:
 
 
 @contextmanager
-def cluster(
-    workdir: Path, pg_url: str, *, count: int, seed: int = 1
-) -> Iterator[Cluster]:
+def cluster(workdir: Path, pg_url: str, *, count: int, seed: int = 1) -> Iterator[Cluster]:
     """``count`` app hosts serving one sessions table on ``pg_url``'s server, each through
     its own forwarder on its database link; all removed on the way out (the caller drops
     the table: :func:`drop_cluster_table`)."""
@@ -355,7 +370,7 @@ def cluster(
         for app_host in app_hosts:
             stack.callback(app_host.stop)
             app_host.start(table)
-        yield Cluster(app_hosts, loop, table)
+        yield Cluster(app_hosts, loop, table, pg_url)
 
 
 @dataclass
@@ -416,6 +431,7 @@ async def run_scenario(
     seed: int,
     fault: Callable[[Scenario], Awaitable[None]] | None = None,
     affected: int | None = None,
+    settled: asyncio.Event | None = None,
 ) -> Scenario:
     events: list[HostEvent] = []
     scenario = Scenario(name, LoadReport(clients, duration), len(group.hosts), affected)
@@ -436,6 +452,7 @@ async def run_scenario(
         fault=inject if fault is not None else None,
         fault_at=0.2,
         transport=transport,
+        settled=settled,
     )
     scenario.events = events
     for app_host, seen in zip(group.hosts, before, strict=True):
@@ -503,9 +520,24 @@ async def all_scenarios(
     )
 
     victim = group.hosts[0]
+    # A request the kill cut off may have sent its write, which PostgreSQL can still
+    # commit after the worker is gone: users read back only once it cannot.
+    settled = asyncio.Event()
+    settled.set()
 
     async def kill_and_restart(scenario: Scenario) -> None:
-        await asyncio.to_thread(victim.kill)
+        settled.clear()
+        try:
+            snapshot = victim.forwarder.live_upstream_ports()
+            ports, opened_before = await asyncio.to_thread(group.loop.run, snapshot)
+            await asyncio.to_thread(victim.kill)
+            ports |= set(victim.forwarder.upstream_ports[opened_before:])
+            killed = time.monotonic()
+            await _wait_for_backends_to_end(group, victim.forwarder, ports)
+            scenario.notes["backends_ended"] = len(ports)
+            scenario.notes["settle_s"] = round(time.monotonic() - killed, 3)
+        finally:
+            settled.set()
         started = time.monotonic()
         await asyncio.to_thread(victim.start, group.table)
         scenario.notes["restart_s"] = round(time.monotonic() - started, 2)
@@ -520,9 +552,43 @@ async def all_scenarios(
             seed=4,
             fault=kill_and_restart,
             affected=0,
+            settled=settled,
         )
     )
     return results
+
+
+async def _wait_for_backends_to_end(
+    group: Cluster, forwarder: FaultyForwarder, ports: set[int]
+) -> None:
+    """Wait (bounded) until the forwarder has closed the dead host's connections and
+    PostgreSQL has ended the backends of ``ports`` (the connections open at the kill or
+    opened since): then none of their statements is still running, so no write of
+    theirs can commit later. Backends started after that are someone else's."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE client_port IN :ports AND backend_start < :settled_at"
+    ).bindparams(bindparam("ports", expanding=True))
+    engine = helper_engine(group.pg_url)
+    try:
+        async with asyncio.timeout(SETTLE_TIMEOUT):
+            # The forwarder runs on another thread's loop: poll it, bounded above.
+            while forwarder.open_connections():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            async with engine.connect() as connection:
+                settled_at = (await connection.execute(text("SELECT now()"))).scalar_one()
+            while True:
+                async with engine.connect() as connection:
+                    alive = (
+                        await connection.execute(
+                            query, {"ports": sorted(ports), "settled_at": settled_at}
+                        )
+                    ).scalar_one()
+                if not alive:
+                    return
+                await asyncio.sleep(0.02)
+    finally:
+        await engine.dispose()
 
 
 async def drop_cluster_table(pg_url: str, table: str) -> None:
