@@ -8,8 +8,9 @@ implementation of every maintenance statement serves both kinds of database:
   used on a worker thread. This keeps SQLAlchemy's asyncio extension (which imports the
   ORM) and aiosqlite out of the process: every full garbage collection walks what a
   module import leaves behind (see docs/performance.md).
-- PostgreSQL, MariaDB/MySQL: SQLAlchemy's async engine, the work run in its greenlet
-  bridge (``AsyncConnection.run_sync``)."""
+- PostgreSQL, MariaDB/MySQL: a SQLAlchemy engine on the URL's asyncio driver, the work
+  run in SQLAlchemy's greenlet bridge (``greenlet_spawn``, what ``AsyncConnection.run_sync``
+  does inside), again without the asyncio extension's import of the ORM."""
 
 from __future__ import annotations
 
@@ -19,17 +20,16 @@ import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.util import greenlet_spawn
 
+from ..errors import ConfigurationError
 from .sqlite_runner import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite, prepare_sqlite_file
-
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 T = TypeVar("T")
 
@@ -176,12 +176,15 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 class ServerConnections:
-    """Pooled connections of SQLAlchemy's async engine (PostgreSQL, MariaDB/MySQL)."""
+    """Pooled connections on an asyncio driver (PostgreSQL, MariaDB/MySQL).
+
+    The engine is SQLAlchemy's ordinary one: with an asyncio driver it pools with
+    ``AsyncAdaptedQueuePool`` and each call that does I/O must run inside
+    ``greenlet_spawn``, which :meth:`run` and :meth:`call` do. ``create_async_engine``
+    wraps the same engine, but importing it loads the ORM (about 10,000 objects that
+    every full garbage collection would walk)."""
 
     def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
-        # Imported here: SQLite never needs the asyncio extension (nor the ORM it loads).
-        from sqlalchemy.ext.asyncio import create_async_engine
-
         kwargs: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", "hide_parameters": True}
         if url.get_driver_name() == "asyncpg":
             # Requests use their own asyncpg pool; this engine only serves maintenance,
@@ -191,34 +194,46 @@ class ServerConnections:
         kwargs.update(options)
         if connect_args:
             kwargs["connect_args"] = connect_args
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self._engine = create_sync_engine(url, **kwargs)
+        if not self._engine.dialect.is_async:
+            raise ConfigurationError(
+                "SESSION_DB_URL", f"{url.drivername!r} is not an asyncio driver"
+            )
         self.url = url
-        self.dialect = self.engine.dialect
+        self.dialect = self._engine.dialect
         self.keep_open = True
         self._in_use = 0
 
     @property
     def sync_engine(self) -> Engine:
-        return self.engine.sync_engine
+        return self._engine
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         async with self.pooled() as connection:
-            return await connection.run_sync(work)
+            return await greenlet_spawn(work, connection)
+
+    @staticmethod
+    async def call(function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` where it may use a connection of :meth:`pooled`."""
+        return await greenlet_spawn(function, *args)
 
     @asynccontextmanager
-    async def pooled(self) -> AsyncIterator[AsyncConnection]:
-        """A connection of the pool for a block."""
+    async def pooled(self) -> AsyncIterator[Connection]:
+        """A connection of the pool for a block; use it only through :meth:`call`."""
         self._in_use += 1
         try:
-            async with self.engine.connect() as connection:
+            connection = await greenlet_spawn(self._engine.connect)
+            try:
                 yield connection
+            finally:
+                await greenlet_spawn(connection.close)
         finally:
             self._in_use -= 1
             if not self.keep_open and not self._in_use:
-                await self.engine.dispose()
+                await greenlet_spawn(self._engine.dispose)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await greenlet_spawn(self._engine.dispose)
 
 
 # PostgreSQL advisory locks: transaction-scoped, taken and held inside one transaction,
@@ -233,13 +248,19 @@ async def postgresql_try_lock(connections: ServerConnections, key: int) -> Async
     was acquired), in a transaction kept open for the block on one connection: a
     pooler keeps its server connection for it, and the lock ends with it whatever
     happens (commit, rollback, or the connection lost)."""
+
+    def begin_and_try(connection: Connection) -> bool:
+        connection.execution_options(isolation_level="READ COMMITTED")
+        connection.begin()
+        return bool(
+            connection.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar()
+        )
+
     async with connections.pooled() as connection:
-        await connection.execution_options(isolation_level="READ COMMITTED")
-        async with connection.begin():
-            result = await connection.execute(
-                text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}
-            )
-            yield bool(result.scalar())
+        yield await connections.call(begin_and_try, connection)
+        # Reached only when the block ended normally; otherwise closing the connection
+        # rolls the transaction back. Either way the lock ends with it.
+        await connections.call(connection.commit)
 
 
 def run_locked_postgresql(connection: Connection, key: int, work: Callable[[], T]) -> T:

@@ -318,20 +318,25 @@ class SqlStore:
         else:
             yield True
             return
+        def take_lock(connection: Connection) -> bool:
+            return bool(connection.execute(text(take), {"k": key}).scalar() == 1)
+
+        def give_lock(connection: Connection) -> None:
+            connection.execute(text(give), {"k": key})
+
         async with connections.pooled() as connection:
-            result = await connection.execute(text(take), {"k": key})
-            if result.scalar() != 1:
+            if not await connections.call(take_lock, connection):
                 yield False
                 return
             try:
                 yield True
             finally:
                 try:
-                    await connection.execute(text(give), {"k": key})
+                    await connections.call(give_lock, connection)
                 except BaseException:
                     # Never hand a connection that may still hold the lock back to the
                     # pool: closing it releases the lock on the server.
-                    await connection.invalidate()
+                    await connections.call(connection.invalidate)
                     raise
 
     async def stats(self, now: int) -> StoreStats:

@@ -1,5 +1,6 @@
-"""Per-request statements through SQLAlchemy: MariaDB/MySQL (its async engine), and SQLite
-URLs that are not a plain file path (``:memory:``, ``file:`` URIs; on a thread)."""
+"""Per-request statements through SQLAlchemy: MariaDB/MySQL (an engine on its asyncio
+driver), and SQLite URLs that are not a plain file path (``:memory:``, ``file:`` URIs; on
+a thread)."""
 
 from __future__ import annotations
 
