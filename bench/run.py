@@ -666,6 +666,22 @@ def _ratio(ratios: list[float], goal: float | None = None, *, at_least: bool = T
 PERFORMANCE_DOC = "https://github.com/quartsess/quartsess/blob/main/docs/performance.md"
 
 
+def _heap_added(meta: dict[str, Any]) -> str:
+    """How much quartsess's targets add to the cookie session's tracked objects, e.g.
+    "60-85 %", from this run's counts."""
+    tracked = meta.get("tracked_objects") or {}
+    base = tracked.get("cookie")
+    added = [
+        round(100 * (count - base) / base)
+        for target, count in tracked.items()
+        if target in ("sqlite", "postgresql") and count and base
+    ]
+    if not added:
+        return "a large share"
+    low, high = min(added), max(added)
+    return f"{low} %" if low == high else f"{low}-{high} %"
+
+
 def update_readme(table: str, meta: dict[str, Any]) -> None:
     """Replace the body of README.md's "## Benchmarks" section (the last one) with the table."""
     text = README.read_text()
@@ -677,14 +693,16 @@ def update_readme(table: str, meta: dict[str, Any]) -> None:
         gc_text = (
             "Every app in this run calls `gc.freeze()` once serving starts (`--gc-freeze`; "
             "the issue's goals are measured without it): quartsess's imports (SQLAlchemy "
-            "above all) add 60-110 % to the heap every full garbage collection walks, and "
+            f"above all) add {_heap_added(meta)} to the heap every full garbage collection "
+            "walks, and "
             "freezing the start-up objects removes most of that cost"
         )
     else:
         gc_text = (
             "No app in the benchmark calls `gc.freeze()` (the issue's goals are measured "
             "without it; `--gc-freeze` compares): quartsess's imports (SQLAlchemy above all) "
-            "add 60-110 % to the heap every full garbage collection walks, as the second "
+            f"add {_heap_added(meta)} to the heap every full garbage collection walks, as the "
+            "second "
             "table's tracked objects show, and calling `gc.freeze()` once serving starts "
             "removes most of that cost"
         )

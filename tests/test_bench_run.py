@@ -231,3 +231,10 @@ def test_the_readme_section(
     # Rewriting it again changes nothing but the table.
     bench.update_readme(table, meta)
     assert readme.read_text() == text
+
+
+def test_the_readme_states_the_heap_share_this_run_measured() -> None:
+    assert bench._heap_added(META) == "83-105 %"  # 77,000 and 86,000 over 42,000
+    one_target = {**META, "tracked_objects": {"cookie": 40_000, "sqlite": 60_000}}
+    assert bench._heap_added(one_target) == "50 %"
+    assert bench._heap_added({**META, "tracked_objects": {}}) == "a large share"
