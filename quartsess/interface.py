@@ -330,15 +330,23 @@ class ServerSessionInterface(SessionInterface):
 
 
 def _vary_on_cookie(response: AnyResponse) -> None:
-    if response.headers.getlist("Vary"):
-        response.vary.add("Cookie")
-    else:
+    values = response.headers.getlist("Vary")
+    if not values:
         # Same header as ``vary.add``, without parsing a header that is not there.
         response.headers.add("Vary", "Cookie")
+    elif not any(
+        token.strip().lower() in ("cookie", "*") for value in values for token in value.split(",")
+    ):
+        response.vary.add("Cookie")
 
 
 def _forbid_shared_caching(response: AnyResponse) -> None:
     # A response that sets a session cookie must never be served to someone else.
+    if "Cache-Control" not in response.headers:
+        # What the two assignments below write when there is no header, without
+        # building the parsed header object and serializing it twice.
+        response.headers["Cache-Control"] = "private"
+        return
     response.cache_control.public = False
     response.cache_control.private = True
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from quart import Quart, Response, session
 
 from quartsess import ServerSessionInterface, Session
+from quartsess.interface import _forbid_shared_caching, _vary_on_cookie
 from tests.conftest import AppFactory, FakeClock
 from tests.support import add_routes, session_cookie, stored_rows
 
@@ -123,3 +125,38 @@ async def test_apps_can_override_cookie_helpers(db_url: str, table_name: str) ->
     async with app.test_app() as test_app:
         response = await test_app.test_client().get("/visits")
     assert "Secure" in set_cookie_header(response)
+
+
+@pytest.mark.parametrize(
+    ("vary", "cache_control"),
+    [
+        (None, None),
+        ("Accept-Encoding", "public, max-age=60"),
+        ("accept-encoding, COOKIE", "no-transform"),
+        ("Origin", "private"),
+    ],
+)
+def test_a_response_setting_the_cookie_varies_on_it_and_is_private_whatever_it_had(
+    vary: str | None, cache_control: str | None
+) -> None:
+    """The headers quartsess writes next to a session cookie: ``Vary`` names Cookie once,
+    and ``Cache-Control`` forbids shared caches while keeping the app's other directives,
+    exactly as werkzeug's parsed headers would write them."""
+    ours, werkzeugs = Response("hi"), Response("hi")
+    for response in (ours, werkzeugs):
+        if vary is not None:
+            response.headers["Vary"] = vary
+        if cache_control is not None:
+            response.headers["Cache-Control"] = cache_control
+    _vary_on_cookie(ours)
+    _vary_on_cookie(ours)  # a second call (the save after a read) adds nothing
+    _forbid_shared_caching(ours)
+    werkzeugs.vary.add("Cookie")
+    werkzeugs.cache_control.public = False
+    werkzeugs.cache_control.private = True
+    assert [v.strip().lower() for v in ours.headers["Vary"].split(",")].count("cookie") == 1
+    assert {v.strip().lower() for v in ours.headers["Vary"].split(",")} == {
+        v.strip().lower() for v in werkzeugs.headers["Vary"].split(",")
+    }
+    assert ours.cache_control.private and not ours.cache_control.public
+    assert ours.headers["Cache-Control"] == werkzeugs.headers["Cache-Control"]
