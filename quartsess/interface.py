@@ -325,28 +325,32 @@ class ServerSessionInterface(SessionInterface):
             samesite=self.get_cookie_samesite(app),
             httponly=self.get_cookie_httponly(app),
         )
-        response.vary.add("Cookie")
+        _vary_on_cookie(response)
         _forbid_shared_caching(response)
 
 
 def _vary_on_cookie(response: AnyResponse) -> None:
-    values = response.headers.getlist("Vary")
-    if not values:
-        # Same header as ``vary.add``, without parsing a header that is not there.
+    # A header line of its own (lists may span lines), unless one already names Cookie:
+    # no parsing and re-writing of what the app set.
+    named = (
+        token.strip().lower()
+        for value in response.headers.getlist("Vary")
+        for token in value.split(",")
+    )
+    if not any(token in ("cookie", "*") for token in named):
         response.headers.add("Vary", "Cookie")
-    elif not any(
-        token.strip().lower() in ("cookie", "*") for value in values for token in value.split(",")
-    ):
-        response.vary.add("Cookie")
 
 
 def _forbid_shared_caching(response: AnyResponse) -> None:
     # A response that sets a session cookie must never be served to someone else.
-    if "Cache-Control" not in response.headers:
-        # What the two assignments below write when there is no header, without
-        # building the parsed header object and serializing it twice.
+    lines = response.headers.getlist("Cache-Control")
+    if not lines:
+        # What the assignments below write when there is no header, without building
+        # the parsed header object and serializing it twice.
         response.headers["Cache-Control"] = "private"
         return
+    if len(lines) > 1:  # werkzeug parses only the first line: keep the others' directives
+        response.headers["Cache-Control"] = ", ".join(lines)
     response.cache_control.public = False
     response.cache_control.private = True
 

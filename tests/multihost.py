@@ -530,11 +530,12 @@ async def all_scenarios(
         try:
             snapshot = victim.forwarder.live_upstream_ports()
             ports, opened_before = await asyncio.to_thread(group.loop.run, snapshot)
+            seen = await _backends_of(group, ports)  # 0 through a pooler: it shows its own
             await asyncio.to_thread(victim.kill)
-            ports |= set(victim.forwarder.upstream_ports[opened_before:])
+            opened_since = set(victim.forwarder.upstream_ports[opened_before:])
             killed = time.monotonic()
-            await _wait_for_backends_to_end(group, victim.forwarder, ports)
-            scenario.notes["backends_ended"] = len(ports)
+            await _wait_for_backends_to_end(group, victim.forwarder, seen, opened_since)
+            scenario.notes["backends_seen_at_kill"] = len(seen)
             scenario.notes["settle_s"] = round(time.monotonic() - killed, 3)
         finally:
             settled.set()
@@ -558,35 +559,60 @@ async def all_scenarios(
     return results
 
 
-async def _wait_for_backends_to_end(
-    group: Cluster, forwarder: FaultyForwarder, ports: set[int]
-) -> None:
-    """Wait (bounded) until the forwarder has closed the dead host's connections and
-    PostgreSQL has ended the backends of ``ports`` (the connections open at the kill or
-    opened since): then none of their statements is still running, so no write of
-    theirs can commit later. Backends started after that are someone else's."""
+async def _backends_of(
+    group: Cluster, ports: set[int], started_before: Any | None = None
+) -> set[int]:
+    """The pids of PostgreSQL's backends for the connections from ``ports`` (started
+    before ``started_before``, when given), never the asking connection's own."""
     query = text(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE client_port IN :ports AND backend_start < :settled_at"
+        "SELECT pid FROM pg_stat_activity WHERE client_port IN :ports"
+        " AND (CAST(:before AS timestamptz) IS NULL OR backend_start < :before)"
+        " AND pid <> pg_backend_pid()"
     ).bindparams(bindparam("ports", expanding=True))
     engine = helper_engine(group.pg_url)
     try:
+        async with engine.connect() as connection:
+            found = await connection.execute(
+                query, {"ports": sorted(ports), "before": started_before}
+            )
+            return {pid for (pid,) in found}
+    finally:
+        await engine.dispose()
+
+
+async def _wait_for_backends_to_end(
+    group: Cluster, forwarder: FaultyForwarder, pids: set[int], opened_since: set[int]
+) -> None:
+    """Wait (bounded) until the forwarder has closed the dead host's connections and
+    PostgreSQL has ended their backends: ``pids`` (seen before the kill) and those of
+    the ports ``opened_since`` then (started before the kill ended). Then none of their
+    statements is still running, so no write of theirs can commit later."""
+    engine = helper_engine(group.pg_url)
+    remaining = text(
+        "SELECT pid, state, left(query, 80) FROM pg_stat_activity WHERE pid IN :pids"
+    ).bindparams(bindparam("pids", expanding=True))
+    left: list[Any] = []
+    try:
+        async with engine.connect() as connection:
+            # The host is dead: its connections' backends all started before now.
+            killed_by = (await connection.execute(text("SELECT now()"))).scalar_one()
         async with asyncio.timeout(SETTLE_TIMEOUT):
             # The forwarder runs on another thread's loop: poll it, bounded above.
             while forwarder.open_connections():  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-            async with engine.connect() as connection:
-                settled_at = (await connection.execute(text("SELECT now()"))).scalar_one()
-            while True:
+            pids = pids | await _backends_of(group, opened_since, killed_by)
+            while pids:
                 async with engine.connect() as connection:
-                    alive = (
-                        await connection.execute(
-                            query, {"ports": sorted(ports), "settled_at": settled_at}
-                        )
-                    ).scalar_one()
-                if not alive:
+                    left = list(await connection.execute(remaining, {"pids": sorted(pids)}))
+                if not left:
                     return
                 await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise RuntimeError(
+            f"the killed host's backends did not end within {SETTLE_TIMEOUT:g} s: {left}"
+            if left
+            else f"the killed host's forwarder kept connections for {SETTLE_TIMEOUT:g} s"
+        ) from None
     finally:
         await engine.dispose()
 

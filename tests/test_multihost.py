@@ -65,6 +65,7 @@ async def test_users_moving_between_hosts_keep_their_sessions_through_faults(
     assert cut.recovery_s is not None and cut.recovery_s < 10  # ...and served again
     assert slow.notes["db_connections_dropped"] > 0
     assert killed.report.transport_errors > 0  # the kill was felt
+    assert killed.notes["backends_seen_at_kill"] > 0  # read-backs waited for their end
     assert killed.recovery_s is not None and killed.recovery_s < 30
 
 

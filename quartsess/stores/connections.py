@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
@@ -194,6 +194,19 @@ class ServerConnections:
         kwargs.update(options)
         if connect_args:
             kwargs["connect_args"] = connect_args
+        async_creator = kwargs.pop("async_creator", None)
+        if async_creator is not None:
+            # What create_async_engine does with it: the driver's adapter wraps the
+            # connections the app's coroutine function makes.
+            if kwargs.get("creator") is not None:
+                raise ConfigurationError(
+                    "SESSION_ENGINE_OPTIONS", "give async_creator or creator, not both"
+                )
+            def creator() -> Any:
+                dbapi: Any = self._engine.dialect.dbapi
+                return dbapi.connect(async_creator_fn=async_creator)
+
+            kwargs["creator"] = creator
         self._engine = create_sync_engine(url, **kwargs)
         if not self._engine.dialect.is_async:
             raise ConfigurationError(
@@ -226,14 +239,36 @@ class ServerConnections:
             try:
                 yield connection
             finally:
-                await greenlet_spawn(connection.close)
+                # Returning it to the pool rolls back (a round trip); cut short by a
+                # cancellation (a client that went away), the connection would be lost.
+                await _to_completion(greenlet_spawn(connection.close))
         finally:
             self._in_use -= 1
             if not self.keep_open and not self._in_use:
-                await greenlet_spawn(self._engine.dispose)
+                await _to_completion(greenlet_spawn(self._engine.dispose))
 
     async def close(self) -> None:
         await greenlet_spawn(self._engine.dispose)
+
+
+async def _to_completion(cleanup: Coroutine[Any, Any, T]) -> T:
+    """Await ``cleanup`` in a task of its own until it is done, even when the caller is
+    cancelled meanwhile; the cancellation is raised after it (as SQLAlchemy's
+    ``AsyncConnection`` does for its close)."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError as error:
+            if task.done():
+                raise
+            cancelled = error
+        else:
+            break
+    if cancelled is not None:
+        raise cancelled
+    return result
 
 
 # PostgreSQL advisory locks: transaction-scoped, taken and held inside one transaction,
