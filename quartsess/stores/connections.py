@@ -202,6 +202,7 @@ class ServerConnections:
                 raise ConfigurationError(
                     "SESSION_ENGINE_OPTIONS", "give async_creator or creator, not both"
                 )
+
             def creator() -> Any:
                 dbapi: Any = self._engine.dialect.dbapi
                 return dbapi.connect(async_creator_fn=async_creator)

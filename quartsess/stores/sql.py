@@ -318,6 +318,7 @@ class SqlStore:
         else:
             yield True
             return
+
         def take_lock(connection: Connection) -> bool:
             return bool(connection.execute(text(take), {"k": key}).scalar() == 1)
 
