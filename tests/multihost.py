@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import httpx
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.load import LoadReport, run_load
 from tests.netns import Host, hosts, set_link
@@ -528,13 +529,17 @@ async def all_scenarios(
     async def kill_and_restart(scenario: Scenario) -> None:
         settled.clear()
         try:
-            snapshot = victim.forwarder.live_upstream_ports()
-            ports, opened_before = await asyncio.to_thread(group.loop.run, snapshot)
-            seen = await _backends_of(group, ports)  # 0 through a pooler: it shows its own
-            await asyncio.to_thread(victim.kill)
-            opened_since = set(victim.forwarder.upstream_ports[opened_before:])
-            killed = time.monotonic()
-            await _wait_for_backends_to_end(group, victim.forwarder, seen, opened_since)
+            engine = helper_engine(group.pg_url)
+            try:
+                snapshot = victim.forwarder.live_upstream_ports()
+                ports, opened_before = await asyncio.to_thread(group.loop.run, snapshot)
+                seen = await _backends_of(engine, ports)  # none through a pooler
+                await asyncio.to_thread(victim.kill)
+                opened_since = set(victim.forwarder.upstream_ports[opened_before:])
+                killed = time.monotonic()
+                await _wait_for_backends_to_end(engine, victim.forwarder, seen, opened_since)
+            finally:
+                await engine.dispose()
             scenario.notes["backends_seen_at_kill"] = len(seen)
             scenario.notes["settle_s"] = round(time.monotonic() - killed, 3)
         finally:
@@ -560,47 +565,41 @@ async def all_scenarios(
 
 
 async def _backends_of(
-    group: Cluster, ports: set[int], started_before: Any | None = None
+    engine: AsyncEngine, ports: set[int], started_before: Any | None = None
 ) -> set[int]:
     """The pids of PostgreSQL's backends for the connections from ``ports`` (started
     before ``started_before``, when given), never the asking connection's own."""
-    query = text(
-        "SELECT pid FROM pg_stat_activity WHERE client_port IN :ports"
-        " AND (CAST(:before AS timestamptz) IS NULL OR backend_start < :before)"
-        " AND pid <> pg_backend_pid()"
-    ).bindparams(bindparam("ports", expanding=True))
-    engine = helper_engine(group.pg_url)
-    try:
-        async with engine.connect() as connection:
-            found = await connection.execute(
-                query, {"ports": sorted(ports), "before": started_before}
-            )
-            return {pid for (pid,) in found}
-    finally:
-        await engine.dispose()
+    sql = "SELECT pid FROM pg_stat_activity WHERE client_port IN :ports"
+    sql += " AND pid <> pg_backend_pid()"
+    params: dict[str, Any] = {"ports": sorted(ports)}
+    if started_before is not None:
+        sql += " AND backend_start < :before"
+        params["before"] = started_before
+    query = text(sql).bindparams(bindparam("ports", expanding=True))
+    async with engine.connect() as connection:
+        return {pid for (pid,) in await connection.execute(query, params)}
 
 
 async def _wait_for_backends_to_end(
-    group: Cluster, forwarder: FaultyForwarder, pids: set[int], opened_since: set[int]
+    engine: AsyncEngine, forwarder: FaultyForwarder, pids: set[int], opened_since: set[int]
 ) -> None:
     """Wait (bounded) until the forwarder has closed the dead host's connections and
     PostgreSQL has ended their backends: ``pids`` (seen before the kill) and those of
     the ports ``opened_since`` then (started before the kill ended). Then none of their
     statements is still running, so no write of theirs can commit later."""
-    engine = helper_engine(group.pg_url)
     remaining = text(
         "SELECT pid, state, left(query, 80) FROM pg_stat_activity WHERE pid IN :pids"
     ).bindparams(bindparam("pids", expanding=True))
     left: list[Any] = []
+    async with engine.connect() as connection:
+        # The host is dead: its connections' backends all started before now.
+        killed_by = (await connection.execute(text("SELECT now()"))).scalar_one()
     try:
-        async with engine.connect() as connection:
-            # The host is dead: its connections' backends all started before now.
-            killed_by = (await connection.execute(text("SELECT now()"))).scalar_one()
         async with asyncio.timeout(SETTLE_TIMEOUT):
             # The forwarder runs on another thread's loop: poll it, bounded above.
             while forwarder.open_connections():  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-            pids = pids | await _backends_of(group, opened_since, killed_by)
+            pids = pids | await _backends_of(engine, opened_since, killed_by)
             while pids:
                 async with engine.connect() as connection:
                     left = list(await connection.execute(remaining, {"pids": sorted(pids)}))
@@ -613,8 +612,6 @@ async def _wait_for_backends_to_end(
             if left
             else f"the killed host's forwarder kept connections for {SETTLE_TIMEOUT:g} s"
         ) from None
-    finally:
-        await engine.dispose()
 
 
 async def drop_cluster_table(pg_url: str, table: str) -> None:
