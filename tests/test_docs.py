@@ -148,9 +148,7 @@ def test_the_configuration_reference_matches_quartsess_settings() -> None:
     assert documented_fields == fields
 
     instance = "/srv/app/instance"
-    defaults = quartsess.SessionConfig.from_mapping(
-        {"SECRET_KEY": SECRET}, instance_path=instance
-    )
+    defaults = quartsess.SessionConfig.from_mapping({"SECRET_KEY": SECRET}, instance_path=instance)
     assert len(defaults.encryption_keys) == 1  # derived from SECRET_KEY
     for key, (_, default, field_cell, meaning) in own.items():
         assert meaning, key

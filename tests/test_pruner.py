@@ -312,7 +312,5 @@ async def test_pruner_uses_the_injected_clock(db_url: str, table_name: str) -> N
         clock.advance(500)
         assert await pruner.prune() == 1
     finally:
-        await store.run(
-            lambda sync: build_table(MetaData(), table_name).drop(sync)
-        )
+        await store.run(lambda sync: build_table(MetaData(), table_name).drop(sync))
         await store.close()
