@@ -157,17 +157,83 @@ async def test_sqlite_checkpoints_run_on_the_thread_not_in_a_request(
             await runner.rowcount(insert_row, {"k": k, "v": b"x" * 3000})
         inline, thread = await runner._connections()
         assert inline.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
-        assert not runner._checkpointing
+        assert runner._checkpoint_ended is None
         await runner.rowcount(insert_row, {"k": -1, "v": b"x"})
-        assert runner._checkpointing  # started, on the thread
+        assert runner._checkpoint_ended is not None  # started, on the thread
         await asyncio.get_running_loop().run_in_executor(thread, lambda: None)  # queued after it
-        assert not runner._checkpointing
+        assert runner._checkpoint_ended is None
         [(thread_name, (busy, logged, copied))] = checkpoints
         assert thread_name.startswith("quartsess-sqlite")
         assert busy == 0 and logged == copied > 0  # every frame copied into the file
     finally:
         await runner.close()
         await engine.dispose()
+
+
+def _wal_table(tmp_path: Path) -> tuple[Path, CompiledStatement]:
+    path = tmp_path / "wal.sqlite3"
+    setup = sqlite3.connect(path)
+    setup.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+    setup.close()
+    t = table("t", column("k"), column("v"))
+    dialect = make_url("sqlite://").get_dialect()()
+    return path, CompiledStatement(t.insert().values(k=bindparam("k"), v=bindparam("v")), dialect)
+
+
+@pytest.mark.parametrize("ending", ["checkpoint ends", "runner closes"])
+async def test_a_write_waits_for_the_checkpoint_that_lets_the_log_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    # The first checkpoint reports the log past its limit; the next one hangs (a large
+    # backlog, a slow disk). A write waits for it to end, on the loop, and goes on at
+    # once when the runner starts closing (close() itself waits for the thread).
+    release = threading.Event()
+    hanging = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    calls = 0
+
+    def checkpoint(connection: sqlite3.Connection) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            loop.call_soon_threadsafe(hanging.set)
+            release.wait(30)
+        return sqlite_runner._LOG_LIMIT_FRAMES + 1
+
+    monkeypatch.setattr(sqlite_runner, "_checkpoint", checkpoint)
+    path, insert_row = _wal_table(tmp_path)
+    runner = SqliteRunner(str(path), busy_timeout_ms=1000)
+    closing: asyncio.Future[None] | None = None
+    try:
+        for k in range(SqliteRunner.CHECKPOINT_EVERY):
+            await runner.rowcount(insert_row, {"k": k, "v": b"x"})
+        _, thread = await runner._connections()
+        await asyncio.get_running_loop().run_in_executor(thread, lambda: None)  # after it
+        assert runner._log_too_long
+        async with asyncio.timeout(10):
+            write = asyncio.ensure_future(runner.rowcount(insert_row, {"k": -1, "v": b"x"}))
+            await hanging.wait()
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert not write.done()  # waiting for the checkpoint
+            if ending == "checkpoint ends":
+                release.set()
+            else:
+                closing = asyncio.ensure_future(runner.close())
+            assert await write == 1
+            assert release.is_set() == (ending == "checkpoint ends")
+    finally:
+        release.set()
+        if closing is not None:
+            await closing
+        await runner.close()
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("SELECT count(*) FROM t").fetchone() == (
+            SqliteRunner.CHECKPOINT_EVERY + 1,
+        )
+    finally:
+        check.close()
 
 
 async def test_closing_the_pool_fails_waiting_requests_at_once_and_keeps_no_connection(
