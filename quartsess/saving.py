@@ -122,6 +122,15 @@ class ExpiryPolicy:
     def touch_due(self, record: StoredSession, now: int) -> bool:
         return now - record.touched_at >= self.touch_interval
 
+    def moved_deadline(self, record: StoredSession, now: int, bound: bool) -> tuple[int, int]:
+        """``touched_at`` and ``expires_at`` for a content write of ``record`` at ``now``:
+        moved as a touch moves them (at most once per ``touch_interval``), so most writes
+        leave the indexed deadline alone; an earlier deadline is written at once."""
+        deadline = self.deadline(now, record.created_at, bound=bound)
+        if self.touch_due(record, now) or deadline < record.expires_at:
+            return now, deadline
+        return record.touched_at, record.expires_at
+
 
 class SessionSaver:
     """Loads and saves sessions in ``store``, sealing payloads with ``codec``.
@@ -380,17 +389,18 @@ class SessionSaver:
         sealed_client = self._seal_client(current.id_hash, client, current.client)
         for _ in range(MAX_SAVE_ATTEMPTS):
             user = user_of(merged if merged is not None else data, self.user_key)
+            touched_at, expires_at = self.policy.moved_deadline(current, now, user is not None)
             written = replace(
                 current,
                 payload=self.codec.seal(current.id_hash, plaintext),
                 version=current.version + 1,
-                touched_at=now,
-                expires_at=self.policy.deadline(now, current.created_at, bound=user is not None),
+                touched_at=touched_at,
+                expires_at=expires_at,
                 handle=handle,
                 user_hash=self._user_hash(user, loaded),
                 client=sealed_client,
             )
-            if await self.store.update(written, expected_version=current.version):
+            if await self.store.update(written, previous=current):
                 return SaveOutcome(
                     SaveResult.UPDATED, Loaded(loaded.sid, written, plaintext, user), merged
                 )

@@ -311,7 +311,7 @@ async def test_on_postgresql_a_touch_commits_without_the_flush_and_content_write
         row = StoredSession("h" * 64, b"sealed", 1, 1, 1, 100, handle="x")
         await store.insert(row)
         assert await store.touch(row.id_hash, touched_at=2, expires_at=200, client=None)
-        assert await store.update(replace(row, version=2, touched_at=3), expected_version=1)
+        assert await store.update(replace(row, version=2, touched_at=3), previous=row)
         assert await store.run(recorded) == [
             ("INSERT:content", "on"),
             ("UPDATE:touch", "off"),

@@ -3,6 +3,7 @@ interleavings of two requests of one session written out as data."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -171,6 +172,35 @@ async def test_a_read_only_request_writes_nothing_until_a_touch_is_due(clock: Fa
     assert outcome.result is SaveResult.TOUCHED and statements == ["touch"]
     assert outcome.loaded is not None
     assert outcome.loaded.record.expires_at == int(clock()) + 3600
+
+
+async def test_a_content_write_moves_the_idle_deadline_as_a_touch_does(clock: FakeClock) -> None:
+    # At most once per touch interval, so most writes leave the indexed deadline alone;
+    # the session is never kept past its idle timeout.
+    saver, store = make_saver(clock)
+    loaded = await stored(saver, {"n": 0})
+    created = int(clock())
+    for n in range(1, 4):
+        clock.advance(20)
+        outcome = await saver.save(loaded, {"n": n})
+        assert outcome.result is SaveResult.UPDATED and outcome.loaded is not None
+        loaded = outcome.loaded
+        [row] = store.rows.values()
+        expected = (created, created + 3600) if n < 3 else (created + 60, created + 60 + 3600)
+        assert (row.touched_at, row.expires_at) == expected
+    assert saver.codec.open(row.id_hash, row.payload)[0] == {"n": 3}
+
+
+async def test_a_content_write_writes_an_earlier_deadline_at_once(clock: FakeClock) -> None:
+    saver, store = make_saver(clock)
+    loaded = await stored(saver, {"n": 0})
+    clock.advance(10)
+    shorter = replace(saver.policy, idle_timeout=600)
+    saver.policy = shorter
+    outcome = await saver.save(loaded, {"n": 1})
+    assert outcome.result is SaveResult.UPDATED
+    [row] = store.rows.values()
+    assert (row.touched_at, row.expires_at) == (int(clock()), int(clock()) + 600)
 
 
 async def test_an_expired_session_does_not_load(clock: FakeClock) -> None:

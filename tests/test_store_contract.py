@@ -56,14 +56,38 @@ async def test_update_only_at_the_expected_version_and_never_recreates(
 ) -> None:
     await store.insert(row(H1))
     new = StoredSession(H1, b"y", 2, 1, 5, 9, handle="h1", user_hash="u" * 64, client=b"c")
-    assert not await store.update(new, expected_version=2)
-    assert await store.update(new, expected_version=1)
+    assert not await store.update(new, previous=replace(row(H1), version=2))
+    assert await store.update(new, previous=row(H1))
     assert await store.load(H1) == replace(new, client=None)  # the client: listing only
     assert [r.client for r in await store.scan("", 1)] == [b"c"]
     await store.delete(H1)
-    assert not await store.update(replace(new, version=3), expected_version=2)
+    assert not await store.update(replace(new, version=3), previous=new)
     assert not await store.touch(H1, touched_at=6, expires_at=9, client=None)
     assert await store.load(H1) is None
+
+
+@pytest.mark.parametrize("changes", ["payload", "times", "owner", "times and owner"])
+async def test_an_update_writes_what_changed_and_keeps_a_touch_in_between(
+    store: MaintainedStore, changes: str
+) -> None:
+    previous = replace(row(H1), handle="h1", user_hash="u" * 64, client=b"c0")
+    await store.insert(previous)
+    # Another request touches the row after this one loaded it (same version).
+    assert await store.touch(H1, touched_at=40, expires_at=140, client=b"c1")
+    new = replace(previous, payload=b"new", version=2, client=b"c2")
+    if "times" in changes:
+        new = replace(new, touched_at=50, expires_at=150)
+    if "owner" in changes:
+        new = replace(new, handle="h2", user_hash="v" * 64)
+    assert await store.update(new, previous=previous)
+    stored = await store.load(H1)
+    assert stored is not None
+    times = (50, 150) if "times" in changes else (40, 140)  # else the touch's
+    owner = ("h2", "v" * 64) if "owner" in changes else ("h1", "u" * 64)
+    assert (stored.payload, stored.version) == (b"new", 2)
+    assert (stored.touched_at, stored.expires_at) == times
+    assert (stored.handle, stored.user_hash) == owner
+    assert [r.client for r in await store.scan("", 1)] == [b"c2"]
 
 
 async def test_touch_ignores_the_version_and_keeps_the_payload(store: MaintainedStore) -> None:

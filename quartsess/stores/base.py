@@ -79,10 +79,12 @@ class SessionStore(Protocol):
         """Add a new row (its ``id_hash`` is fresh: 256 random bits)."""
         ...
 
-    async def update(self, row: StoredSession, *, expected_version: int) -> bool:
+    async def update(self, row: StoredSession, *, previous: StoredSession) -> bool:
         """Write ``row`` (its payload, times, handle, user hash and client) with
-        ``row.version`` if the stored row still has ``expected_version``. False if it
-        changed under us or is gone: an update never re-creates a row."""
+        ``row.version`` in place of ``previous`` (the same row as loaded) if the stored row
+        still has ``previous.version``. Fields equal to ``previous``'s may be left as
+        stored (a touch may have moved the times since). False if the row changed under
+        us or is gone: an update never re-creates a row."""
         ...
 
     async def touch(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import StoredSession, StoreStats
 
@@ -56,12 +56,20 @@ class MemoryStore:
             raise ValueError("a row with this handle exists")  # unique, as in SQL
         self.rows[row.id_hash] = row
 
-    async def update(self, row: StoredSession, *, expected_version: int) -> bool:
+    async def update(self, row: StoredSession, *, previous: StoredSession) -> bool:
         self._before("update")
         stored = self.rows.get(row.id_hash)
-        if stored is None or stored.version != expected_version:
+        if stored is None or stored.version != previous.version:
             return False
-        self.rows[row.id_hash] = replace(row, created_at=stored.created_at)
+        # As the SQL store does: what did not change since ``previous`` stays as stored.
+        changed: dict[str, Any] = {}
+        if row.handle != previous.handle or row.user_hash != previous.user_hash:
+            changed.update(handle=row.handle, user_hash=row.user_hash)
+        if row.expires_at != previous.expires_at or row.touched_at != previous.touched_at:
+            changed.update(touched_at=row.touched_at, expires_at=row.expires_at)
+        self.rows[row.id_hash] = replace(
+            stored, payload=row.payload, version=row.version, client=row.client, **changed
+        )
         return True
 
     async def touch(

@@ -201,10 +201,13 @@ class SqlStore:
         }
         await self._hot_rowcount("insert", values)
 
-    async def update(self, row: StoredSession, *, expected_version: int) -> bool:
+    async def update(self, row: StoredSession, *, previous: StoredSession) -> bool:
+        # An indexed column that is set is rewritten in its index even when its value is
+        # the same (SQLite; on PostgreSQL it rules out a heap-only update): the statement
+        # names only the ones that change. Usually only the payload does.
         params = {
             "h": row.id_hash,
-            "old_version": expected_version,
+            "old_version": previous.version,
             "new_version": row.version,
             "new_payload": row.payload,
             "new_touched": row.touched_at,
@@ -213,7 +216,9 @@ class SqlStore:
             "new_user": row.user_hash,
             "new_client": row.client,
         }
-        return await self._hot_rowcount("update", params) == 1
+        owner = row.handle != previous.handle or row.user_hash != previous.user_hash
+        times = row.expires_at != previous.expires_at or row.touched_at != previous.touched_at
+        return await self._hot_rowcount("update", params, _UPDATES[owner, times]) == 1
 
     async def touch(
         self, id_hash: str, *, touched_at: int, expires_at: int, client: bytes | None
@@ -239,10 +244,13 @@ class SqlStore:
             listener(name)
         return await self._runner.fetch_one(self._hot[name], params)
 
-    async def _hot_rowcount(self, name: str, params: dict[str, Any]) -> int:
+    async def _hot_rowcount(
+        self, name: str, params: dict[str, Any], variant: str | None = None
+    ) -> int:
+        """Run the statement ``variant`` (default: ``name``); listeners are told ``name``."""
         for listener in self.statement_listeners:
             listener(name)
-        return await self._runner.rowcount(self._hot[name], params)
+        return await self._runner.rowcount(self._hot[variant or name], params)
 
     async def _rowcount(self, statement: Any, params: dict[str, Any]) -> int:
         def work(connection: Connection) -> int:
@@ -441,9 +449,38 @@ def _stored(row: Any) -> StoredSession:
     )
 
 
+#: Each column an update may set, and its parameter.
+_UPDATE_PARAMS = {
+    "payload": "new_payload",
+    "version": "new_version",
+    "touched_at": "new_touched",
+    "expires_at": "new_expires",
+    "handle": "new_handle",
+    "user_hash": "new_user",
+    "client": "new_client",
+}
+#: The update statement by (handle or user changed, times changed).
+_UPDATES = {
+    (True, True): "update",
+    (True, False): "update_owner",
+    (False, True): "update_times",
+    (False, False): "update_payload",
+}
+
+
 def _hot_statements(t: Table, dialect: Any) -> dict[str, CompiledStatement]:
     by_id = t.c.id_hash == bindparam("h")
     by_id_and_version = (by_id, t.c.version == bindparam("old_version"))
+
+    def update_setting(*columns: str) -> CompiledStatement:
+        """An update of the payload, version and client, and of ``columns``."""
+        values: dict[str, Any] = {
+            column: bindparam(name)
+            for column, name in _UPDATE_PARAMS.items()
+            if column in ("payload", "version", "client", *columns)
+        }
+        return CompiledStatement(update(t).where(*by_id_and_version).values(values), dialect)
+
     return {
         "load": CompiledStatement(
             select(
@@ -458,20 +495,10 @@ def _hot_statements(t: Table, dialect: Any) -> dict[str, CompiledStatement]:
             dialect,
         ),
         "insert": CompiledStatement(insert(t), dialect, [c.name for c in t.columns]),
-        "update": CompiledStatement(
-            update(t)
-            .where(*by_id_and_version)
-            .values(
-                payload=bindparam("new_payload"),
-                version=bindparam("new_version"),
-                touched_at=bindparam("new_touched"),
-                expires_at=bindparam("new_expires"),
-                handle=bindparam("new_handle"),
-                user_hash=bindparam("new_user"),
-                client=bindparam("new_client"),
-            ),
-            dialect,
-        ),
+        "update": update_setting("touched_at", "expires_at", "handle", "user_hash"),
+        "update_owner": update_setting("handle", "user_hash"),
+        "update_times": update_setting("touched_at", "expires_at"),
+        "update_payload": update_setting(),
         "touch": CompiledStatement(
             update(t)
             .where(by_id, *_commit_without_flush(dialect))
