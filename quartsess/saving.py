@@ -123,11 +123,17 @@ class ExpiryPolicy:
         return now - record.touched_at >= self.touch_interval
 
     def moved_deadline(self, record: StoredSession, now: int, bound: bool) -> tuple[int, int]:
-        """``touched_at`` and ``expires_at`` for a content write of ``record`` at ``now``:
-        moved as a touch moves them (at most once per ``touch_interval``), so most writes
-        leave the indexed deadline alone; an earlier deadline is written at once."""
+        """``touched_at`` and ``expires_at`` for a content write of ``record`` at ``now``
+        (``bound``: to a user, after the write): moved as a touch moves them (at most once
+        per ``touch_interval``), so most writes leave the indexed deadline alone. An
+        earlier deadline, or one under another idle timeout (the session was bound to a
+        user or unbound without a new ID), is written at once."""
         deadline = self.deadline(now, record.created_at, bound=bound)
-        if self.touch_due(record, now) or deadline < record.expires_at:
+        if (
+            self.touch_due(record, now)
+            or deadline < record.expires_at
+            or self.idle_for(bound) != self.idle_for(bool(record.user_hash))
+        ):
             return now, deadline
         return record.touched_at, record.expires_at
 

@@ -203,6 +203,27 @@ async def test_a_content_write_writes_an_earlier_deadline_at_once(clock: FakeClo
     assert (row.touched_at, row.expires_at) == (int(clock()), int(clock()) + 600)
 
 
+async def test_a_session_bound_to_a_user_in_place_gets_the_users_idle_timeout_at_once(
+    clock: FakeClock,
+) -> None:
+    # A login where no cookie can be sent (a websocket handler) keeps the ID; before the
+    # touch is due, the write must still leave the anonymous visitor's short deadline.
+    store = MemoryStore()
+    codec = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 16)
+    policy = ExpiryPolicy(3600, None, 60, anonymous_idle_timeout=600)
+    saver = SessionSaver(store, codec, policy, clock, user_key="user")
+    loaded = await stored(saver, {"cart": 1})
+    assert loaded.record.expires_at == int(clock()) + 600
+    clock.advance(30)
+    outcome = await saver.save(loaded, {"cart": 1, "user": "ada"}, can_send_cookie=False)
+    assert outcome.result is SaveResult.UPDATED
+    [row] = store.rows.values()
+    assert row.user_hash is not None
+    assert (row.touched_at, row.expires_at) == (int(clock()), int(clock()) + 3600)
+    clock.advance(900)  # past the anonymous timeout
+    assert await saver.load(loaded.sid) is not None
+
+
 async def test_an_expired_session_does_not_load(clock: FakeClock) -> None:
     saver, _ = make_saver(clock)
     loaded = await stored(saver, {"n": 1})

@@ -51,7 +51,7 @@ async def test_rows_round_trip_and_missing_rows_are_none(store: MaintainedStore)
     assert await store.load(H1) == row(H1)
 
 
-async def test_update_only_at_the_expected_version_and_never_recreates(
+async def test_update_only_at_the_previous_version_and_never_recreates(
     store: MaintainedStore,
 ) -> None:
     await store.insert(row(H1))
