@@ -63,6 +63,7 @@ class FaultyForwarder:
         # Local ports of the connections made to the target, in order: the database
         # server lists its backends by them (pg_stat_activity.client_port).
         self.upstream_ports: list[int] = []
+        self.closed_upstream_ports: list[int] = []  # in the order their pairs closed
 
     def open_connections(self) -> int:
         """Connections accepted and not yet closed (or still connecting upstream)."""
@@ -73,6 +74,11 @@ class FaultyForwarder:
         forwarder's loop), and how many upstream connections were made until now."""
         ports = {upstream.get_extra_info("sockname")[1] for _, upstream in self._pairs}
         return ports, len(self.upstream_ports)
+
+    async def client_ports(self) -> set[int]:
+        """The app host's ports of the connections forwarded now (run it on the
+        forwarder's loop)."""
+        return {client.get_extra_info("peername")[1] for client, _ in self._pairs}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.listen, self.port)
@@ -164,7 +170,9 @@ class FaultyForwarder:
             for writer in pair:
                 with contextlib.suppress(Exception):
                     writer.transport.abort()
-            self._pairs.discard(pair)
+            if pair in self._pairs:  # each pair has two pipes
+                self._pairs.discard(pair)
+                self.closed_upstream_ports.append(pair[1].get_extra_info("sockname")[1])
 
     async def _drop_now_and_then(self) -> None:
         while True:
@@ -467,16 +475,36 @@ async def all_scenarios(
     """Baseline; host 0's database link down for ``cut`` s; 100 ms of latency and
     dropped connections on host 1's path; host 0's hypercorn SIGKILLed and restarted."""
     results = [await run_scenario(group, "baseline", clients=clients, duration=duration, seed=1)]
+    # A request given up on during the cut leaves its statement unsent in a closed socket,
+    # which the kernel still delivers (and PostgreSQL commits) once the link is back:
+    # users read back only once every such socket has been flushed and its backend ended.
+    cut_settled = asyncio.Event()
+    cut_settled.set()
+    cut_host = group.hosts[0]
 
     async def cut_off(scenario: Scenario) -> None:
-        link = group.hosts[0].host.db_link
-        await asyncio.to_thread(set_link, link, False)
+        cut_settled.clear()
         try:
-            await asyncio.sleep(cut)  # the partition's length, part of the scenario
+            link = cut_host.host.db_link
+            closed_before = len(cut_host.forwarder.closed_upstream_ports)
+            await asyncio.to_thread(set_link, link, False)
+            try:
+                await asyncio.sleep(cut)  # the partition's length, part of the scenario
+            finally:
+                await asyncio.to_thread(set_link, link, True)
+            scenario.fault_ended = time.monotonic()
+            scenario.notes["cut_s"] = cut
+            unflushed = await _wait_for_closed_sockets_to_flush(group, cut_host)
+            scenario.notes["closed_sockets_unflushed_at_heal"] = unflushed
+            closed = set(cut_host.forwarder.closed_upstream_ports[closed_before:])
+            engine = helper_engine(group.pg_url)
+            try:
+                await _wait_for_pids_to_end(engine, await _backends_of(engine, closed))
+            finally:
+                await engine.dispose()
+            scenario.notes["settle_s"] = round(time.monotonic() - scenario.fault_ended, 3)
         finally:
-            await asyncio.to_thread(set_link, link, True)
-        scenario.fault_ended = time.monotonic()
-        scenario.notes["cut_s"] = cut
+            cut_settled.set()
 
     results.append(
         await run_scenario(
@@ -487,6 +515,7 @@ async def all_scenarios(
             seed=2,
             fault=cut_off,
             affected=0,
+            settled=cut_settled,
         )
     )
 
@@ -587,10 +616,6 @@ async def _wait_for_backends_to_end(
     PostgreSQL has ended their backends: ``pids`` (seen before the kill) and those of
     the ports ``opened_since`` then (started before the kill ended). Then none of their
     statements is still running, so no write of theirs can commit later."""
-    remaining = text(
-        "SELECT pid, state, left(query, 80) FROM pg_stat_activity WHERE pid IN :pids"
-    ).bindparams(bindparam("pids", expanding=True))
-    left: list[Any] = []
     async with engine.connect() as connection:
         # The host is dead: its connections' backends all started before now.
         killed_by = (await connection.execute(text("SELECT now()"))).scalar_one()
@@ -599,7 +624,61 @@ async def _wait_for_backends_to_end(
             # The forwarder runs on another thread's loop: poll it, bounded above.
             while forwarder.open_connections():  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-            pids = pids | await _backends_of(engine, opened_since, killed_by)
+    except TimeoutError:
+        raise RuntimeError(
+            f"the killed host's forwarder kept connections for {SETTLE_TIMEOUT:g} s"
+        ) from None
+    await _wait_for_pids_to_end(engine, pids | await _backends_of(engine, opened_since, killed_by))
+
+
+async def _wait_for_closed_sockets_to_flush(group: Cluster, app_host: AppHost) -> int:
+    """Wait (bounded) until no socket of ``app_host`` to its forwarder still has a close
+    unacknowledged (so whatever it had queued has arrived), and the forwarder has closed
+    every pair whose app side is no longer established; returns how many such sockets
+    the first look found."""
+    namespace, gateway = app_host.host.namespace, app_host.host.db_gateway
+    states = ["state", "established", "state", "fin-wait-1", "state", "closing"]
+    command = ["ip", "netns", "exec", namespace, "ss", "-tnH", *states, "state", "last-ack"]
+    command += ["dst", gateway]
+
+    def sockets() -> list[tuple[str, int]]:
+        listing = subprocess.run(  # noqa: S603 - fixed command, iproute2 from PATH
+            command, capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+        return [
+            (fields[0], int(fields[3].rsplit(":", 1)[1]))
+            for fields in (line.split() for line in listing.splitlines())
+            if len(fields) >= 5
+        ]
+
+    listed: list[tuple[str, int]] = []
+    first: int | None = None
+    try:
+        async with asyncio.timeout(SETTLE_TIMEOUT):
+            while True:  # ss and the forwarder's loop are polled, bounded above
+                listed = await asyncio.to_thread(sockets)
+                established = {port for state, port in listed if state == "ESTAB"}
+                if first is None:
+                    first = len(listed) - len(established)
+                ports = app_host.forwarder.client_ports()
+                forwarded = await asyncio.to_thread(group.loop.run, ports)
+                if len(established) == len(listed) and forwarded <= established:
+                    return first
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise RuntimeError(
+            f"the cut host's closed sockets did not flush within {SETTLE_TIMEOUT:g} s: {listed}"
+        ) from None
+
+
+async def _wait_for_pids_to_end(engine: AsyncEngine, pids: set[int]) -> None:
+    """Wait (bounded) until none of PostgreSQL's backends ``pids`` is left."""
+    remaining = text(
+        "SELECT pid, state, left(query, 80) FROM pg_stat_activity WHERE pid IN :pids"
+    ).bindparams(bindparam("pids", expanding=True))
+    left: list[Any] = []
+    try:
+        async with asyncio.timeout(SETTLE_TIMEOUT):
             while pids:
                 async with engine.connect() as connection:
                     left = list(await connection.execute(remaining, {"pids": sorted(pids)}))
@@ -607,11 +686,7 @@ async def _wait_for_backends_to_end(
                     return
                 await asyncio.sleep(0.02)
     except TimeoutError:
-        raise RuntimeError(
-            f"the killed host's backends did not end within {SETTLE_TIMEOUT:g} s: {left}"
-            if left
-            else f"the killed host's forwarder kept connections for {SETTLE_TIMEOUT:g} s"
-        ) from None
+        raise RuntimeError(f"backends did not end within {SETTLE_TIMEOUT:g} s: {left}") from None
 
 
 async def drop_cluster_table(pg_url: str, table: str) -> None:
