@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from quartsess.stores.sqlite_runner import use_wal
+
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS login_attempts ("
     " key TEXT PRIMARY KEY, attempts INTEGER NOT NULL, window_ends REAL NOT NULL"
@@ -77,7 +79,9 @@ class LoginThrottle:
         # Autocommit mode: the transactions below are opened explicitly.
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
         if not self._ready:
-            connection.execute("PRAGMA journal_mode=WAL")
+            # Not a bare PRAGMA: workers opening a new file at once get SQLITE_BUSY at
+            # once, without the busy timeout; use_wal retries until one has switched it.
+            use_wal(connection, int(BUSY_TIMEOUT * 1000))
             for statement in SCHEMA:
                 connection.execute(statement)
             self._ready = True
