@@ -243,7 +243,8 @@ class SessionSaver:
         touch interval. ``regenerate`` (or a change of the user) moves the data to a new
         ID and deletes the old row. Without ``can_send_cookie`` (after a websocket) a new
         session is not stored and a new ID is not given. ``client`` is recorded, sealed,
-        whenever the row is written. Raises one of :data:`SAVE_FAILURES`."""
+        whenever the row of a session bound to a user is written; other writes clear
+        it. Raises one of :data:`SAVE_FAILURES`."""
         now = int(self.clock())
         if not data:
             if loaded is None:
@@ -278,7 +279,7 @@ class SessionSaver:
             # and user, so the user's sessions can be listed and revoked.
             return await self._write_changes(loaded, data, plaintext, now, client)
         expires = self.policy.deadline(now, record.created_at, bound=loaded.user is not None)
-        sealed = self._seal_client(record.id_hash, client, record.client)
+        sealed = self._seal_client(record.id_hash, client, bound=loaded.user is not None)
         if not await self.store.touch(
             record.id_hash, touched_at=now, expires_at=expires, client=sealed
         ):
@@ -286,11 +287,13 @@ class SessionSaver:
         touched = replace(record, touched_at=now, expires_at=expires, client=sealed)
         return SaveOutcome(SaveResult.TOUCHED, replace(loaded, record=touched))
 
-    def _seal_client(
-        self, id_hash: str, client: Client | None, stored: bytes | None = None
-    ) -> bytes | None:
-        if client is None:
-            return stored
+    def _seal_client(self, id_hash: str, client: Client | None, *, bound: bool) -> bytes | None:
+        """The client column a write stores: ``client`` sealed, or ``None`` (which clears
+        what an earlier write recorded) when recording is off or the row has no user.
+        Only a user's sessions are ever listed, so an anonymous visitor's User-Agent and
+        address would be kept, and paid for with an encryption per new session, for no one."""
+        if client is None or not bound:
+            return None
         key = id_hash + repr((client.user_agent, client.ip_address))  # one unambiguous str
         sealed = self._sealed_clients.get(key)
         if sealed is None:
@@ -348,7 +351,7 @@ class SessionSaver:
             expires_at=self.policy.deadline(now, created_at, bound=user is not None),
             handle=handle,
             user_hash=self._user_hash(user),
-            client=self._seal_client(id_hash, client),
+            client=self._seal_client(id_hash, client, bound=user is not None),
         )
         await self.store.insert(record)
         newly_bound = user is not None and (previous is None or previous.user != user)
@@ -392,7 +395,6 @@ class SessionSaver:
         base: dict[str, Any] | None = None
         merged: dict[str, Any] | None = None
         handle = current.handle or new_handle()  # rows written before handles existed
-        sealed_client = self._seal_client(current.id_hash, client, current.client)
         for _ in range(MAX_SAVE_ATTEMPTS):
             user = user_of(merged if merged is not None else data, self.user_key)
             touched_at, expires_at = self.policy.moved_deadline(current, now, user is not None)
@@ -404,7 +406,7 @@ class SessionSaver:
                 expires_at=expires_at,
                 handle=handle,
                 user_hash=self._user_hash(user, loaded),
-                client=sealed_client,
+                client=self._seal_client(current.id_hash, client, bound=user is not None),
             )
             if await self.store.update(written, previous=current):
                 return SaveOutcome(

@@ -134,6 +134,55 @@ async def test_the_row_holds_a_keyed_hash_of_the_user_and_nothing_readable_of_th
         assert secret not in raw
 
 
+async def test_only_sessions_bound_to_a_user_record_their_client(
+    make_app: AppFactory, clock: FakeClock
+) -> None:
+    """Only a user's sessions are ever listed: an anonymous one records nothing of its
+    client, a login records it (from the request that logged in) and a logout clears it."""
+    app = app_of(make_app)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await client.get("/visits", headers={"User-Agent": BROWSER}, scope_base=FROM)
+        [anonymous] = await stored_rows(app)
+        assert anonymous.client is None
+        await client.post("/seed-login/ada", headers={"User-Agent": BROWSER}, scope_base=FROM)
+        [bound] = await stored_rows(app)
+        assert bound.client is not None
+        clock.advance(3600)  # a touch is due: the bound session's client is written again
+        await client.get("/get/visits", headers={"User-Agent": "Other/1"}, scope_base=FROM)
+        [touched] = await stored_rows(app)
+        assert touched.touched_at > bound.touched_at and touched.client is not None
+        [listed] = await app.extensions["quartsess"].user_sessions("ada")
+        assert (listed.user_agent, listed.ip_address) == ("Other/1", "203.0.113.9")
+        await client.post("/seed-logout", headers={"User-Agent": BROWSER}, scope_base=FROM)
+        [logged_out] = await stored_rows(app)
+        assert logged_out.user_hash is None and logged_out.client is None
+        assert await (await client.get("/get/visits")).get_json() == {"value": 1}
+
+
+async def test_with_record_client_off_a_write_clears_what_was_recorded(
+    make_app: AppFactory,
+) -> None:
+    recording = app_of(make_app)
+    async with recording.test_app() as test_app:
+        laptop = test_app.test_client()
+        cookie = session_cookie(
+            await laptop.post("/seed-login/ada", headers={"User-Agent": BROWSER}, scope_base=FROM)
+        )
+        assert cookie is not None
+        [row] = await stored_rows(recording)
+        assert row.client is not None
+    private = app_of(make_app, SESSION_RECORD_CLIENT=False)
+    async with private.test_app() as test_app:
+        same = test_app.test_client()
+        same.set_cookie("localhost", "session", cookie)
+        await same.get("/visits", headers={"User-Agent": BROWSER}, scope_base=FROM)
+        [written] = await stored_rows(private)
+        assert written.version > row.version and written.client is None
+        [listed] = await private.extensions["quartsess"].user_sessions("ada")
+        assert (listed.user_agent, listed.ip_address) == (None, None)
+
+
 async def test_a_user_lists_their_devices_and_logs_one_out(
     make_app: AppFactory, clock: FakeClock
 ) -> None:
