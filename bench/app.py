@@ -1,13 +1,14 @@
 """The app the HTTP benchmark serves: the same three routes for every target.
 
-    BENCH_TARGET=none|cookie|sqlite|postgresql hypercorn 'bench.app:create_app()'
+    BENCH_TARGET=none|cookie|sqlite|postgresql|postgresql-socket hypercorn 'bench.app:create_app()'
 
 - ``/new``: a new visitor; stores a small session (what a login or first visit stores).
 - ``/rmw``: a returning visitor's visit counter (read, modify, write).
 - ``/read``: a returning visitor's page that only reads the session.
 
 ``none`` serves the same routes without touching any session (the ceiling); ``cookie``
-is Quart's built-in signed-cookie session; ``sqlite`` and ``postgresql`` are quartsess
+is Quart's built-in signed-cookie session; ``sqlite``, ``postgresql`` and
+``postgresql-socket`` (the same app; ``bench.run`` gives it a Unix-socket URL) are quartsess
 (``BENCH_DB_URL``, ``BENCH_TABLE``). ``BENCH_GC_FREEZE=1`` calls ``gc.freeze()`` once
 serving starts (``bench.run --gc-freeze``; off by default). ``BENCH_GC_STATS=1`` (which
 ``bench.run`` sets for every target) prints, once serving starts and after a
@@ -26,7 +27,7 @@ from collections.abc import Callable
 
 from quart import Quart, session
 
-TARGETS = ("none", "cookie", "sqlite", "postgresql")
+TARGETS = ("none", "cookie", "sqlite", "postgresql", "postgresql-socket")
 
 
 def create_app() -> Quart:
@@ -35,7 +36,7 @@ def create_app() -> Quart:
         raise SystemExit(f"BENCH_TARGET must be one of {', '.join(TARGETS)}")
     app = Quart(__name__)
     app.secret_key = "bench-secret-key-not-for-production-0123456789"  # noqa: S105
-    if target in ("sqlite", "postgresql"):
+    if target in ("sqlite", "postgresql", "postgresql-socket"):
         from quartsess import Session
 
         app.config["SESSION_DB_URL"] = os.environ["BENCH_DB_URL"]

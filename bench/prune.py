@@ -105,9 +105,7 @@ async def fill(app: Quart, backend: str, rows: int) -> float:
     return time.perf_counter() - started
 
 
-async def load(
-    clients: list[Any], rate: float, stop: asyncio.Event | float
-) -> list[float]:
+async def load(clients: list[Any], rate: float, stop: asyncio.Event | float) -> list[float]:
     """Requests at ``rate``/s, round robin over ``clients``, until ``stop`` (an event, or
     a duration in seconds); returns latencies in ms from each scheduled start."""
     latencies: list[float] = []
@@ -143,6 +141,7 @@ async def load(
 
 def summary(name: str, latencies: list[float]) -> str:
     ordered = sorted(latencies)
+
     def pct(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
@@ -221,9 +220,10 @@ async def main() -> None:
                 print(summary("no prune", baseline))
                 print(summary("during prune", during))
                 print(summary("after prune", after))
-                p99 = sorted(during)[int(len(during) * 0.99)] / sorted(baseline)[
-                    int(len(baseline) * 0.99)
-                ]
+                p99 = (
+                    sorted(during)[int(len(during) * 0.99)]
+                    / sorted(baseline)[int(len(baseline) * 0.99)]
+                )
                 print(f"p99 during prune / p99 without: {p99:.2f}x")
             finally:
                 store = ext.interface_for(app).store

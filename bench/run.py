@@ -50,12 +50,13 @@ RESULTS = BENCH / "results"
 LUA = BENCH / "wrk.lua"
 README = ROOT / "README.md"
 
-TARGETS = ("none", "cookie", "sqlite", "postgresql")
+TARGETS = ("none", "cookie", "sqlite", "postgresql", "postgresql-socket")
 LABELS = {
     "none": "no session",
     "cookie": "Quart cookie session",
     "sqlite": "quartsess SQLite",
     "postgresql": "quartsess PostgreSQL",
+    "postgresql-socket": "quartsess PostgreSQL, Unix socket",
 }
 PATTERNS = {
     "read": ("/read", "returning, read-only"),
@@ -71,14 +72,20 @@ GOALS = {
     ("rmw", "postgresql"): 0.70,
     ("new", "postgresql"): 0.75,
 }
+# The same server over its Unix socket (a deployment with PostgreSQL on the app's machine):
+# the same goals, reported beside the loopback TCP figures, which are the issue's.
+GOALS.update({(pattern, "postgresql-socket"): GOALS[pattern, "postgresql"] for pattern in PATTERNS})
 # ... and p99 latency at most this many times the cookie session's.
 P99_FACTOR = 1.5
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+DEFAULT_PG_SOCKET_URL = "postgresql+asyncpg://postgres@/test?host=/var/run/postgresql"
 PG_TABLE = "quartsess_bench"
+# Each PostgreSQL target has a table of its own, dropped when the run starts.
+PG_TABLES = {"postgresql": PG_TABLE, "postgresql-socket": "quartsess_bench_socket"}
 COOKIES = 1000
 # Targets whose database runs in server processes of its own, outside the worker (SQLite
 # runs inside it, so its cost is in the worker's CPU time already).
-DB_SERVER_TARGETS = ("postgresql",)
+DB_SERVER_TARGETS = ("postgresql", "postgresql-socket")
 # Lines bench/app.py prints with BENCH_GC_STATS=1.
 TRACKED_LINE = re.compile(r"^gc (\S+): tracked objects (\d+)$", re.MULTILINE)
 FULL_GC_LINE = re.compile(r"^gc (\S+): full collection ([0-9.]+) ms$", re.MULTILINE)
@@ -116,15 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
     targets = list(args.targets)
-    if "postgresql" in targets and not _postgres_ready(args.pg_url):
-        print(f"PostgreSQL at {args.pg_url} is not reachable: skipping it", file=sys.stderr)
-        targets.remove("postgresql")
+    for target, url in (("postgresql", args.pg_url), ("postgresql-socket", args.pg_socket_url)):
+        if target in targets and not _postgres_ready(url, PG_TABLES[target]):
+            print(f"PostgreSQL at {url} is not reachable: skipping {target}", file=sys.stderr)
+            targets.remove(target)
     work = Path(tempfile.mkdtemp(prefix="quartsess-bench-"))
     servers: dict[str, Server] = {}
     started = time.monotonic()
     try:
         for target in targets:
-            servers[target] = _start(target, work, args.pg_url, args.gc_freeze)
+            servers[target] = _start(target, work, args.pg_url, args.gc_freeze, args.pg_socket_url)
         for server in servers.values():
             _wait_ready(server)
             server.worker_pid = _worker_pid(server)
@@ -163,6 +171,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--pg-url", default=os.environ.get("QUARTSESS_BENCH_PG_URL", DEFAULT_PG_URL)
     )
     parser.add_argument(
+        "--pg-socket-url",
+        default=os.environ.get("QUARTSESS_BENCH_PG_SOCKET_URL", DEFAULT_PG_SOCKET_URL),
+        help="the same server over its Unix socket (the postgresql-socket target)",
+    )
+    parser.add_argument(
         "--gc-freeze",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -198,7 +211,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _postgres_ready(url: str) -> bool:
+def _postgres_ready(url: str, table: str) -> bool:
     """Reachable, and the benchmark's own table dropped so every run starts empty."""
 
     async def reset() -> None:
@@ -207,7 +220,7 @@ def _postgres_ready(url: str) -> bool:
         dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
         connection = await asyncpg.connect(dsn, timeout=5)
         try:
-            await connection.execute(f"DROP TABLE IF EXISTS {PG_TABLE}")
+            await connection.execute(f"DROP TABLE IF EXISTS {table}")
         finally:
             await connection.close()
 
@@ -219,9 +232,16 @@ def _postgres_ready(url: str) -> bool:
     return True
 
 
-def _start(target: str, work: Path, pg_url: str, gc_freeze: bool = False) -> Server:
+def _start(
+    target: str,
+    work: Path,
+    pg_url: str,
+    gc_freeze: bool = False,
+    pg_socket_url: str = DEFAULT_PG_SOCKET_URL,
+) -> Server:
     port = _free_port()
-    env = dict(os.environ, BENCH_TARGET=target, BENCH_TABLE=PG_TABLE, PYTHONPATH=str(ROOT))
+    table = PG_TABLES.get(target, PG_TABLE)
+    env = dict(os.environ, BENCH_TARGET=target, BENCH_TABLE=table, PYTHONPATH=str(ROOT))
     env["BENCH_GC_FREEZE"] = "1" if gc_freeze else ""
     # Tracked objects at start-up and every full collection, in the log (see bench/app.py).
     env["BENCH_GC_STATS"] = "1"
@@ -229,6 +249,8 @@ def _start(target: str, work: Path, pg_url: str, gc_freeze: bool = False) -> Ser
         env["BENCH_DB_URL"] = f"sqlite+aiosqlite:///{work / 'sessions.sqlite3'}"
     elif target == "postgresql":
         env["BENCH_DB_URL"] = pg_url
+    elif target == "postgresql-socket":
+        env["BENCH_DB_URL"] = pg_socket_url
     log = work / f"{target}.log"
     command = [
         sys.executable,
@@ -538,8 +560,10 @@ def render(cells: dict[tuple[str, str], Cell], targets: list[str], meta: dict[st
         "req/s: median (min-max) of the kept runs; latencies and CPU time per request (user "
         "+ system, from /proc): medians. Worker CPU: the hypercorn worker's; SQLite runs "
         "inside the worker, so its cost is in that column. DB server CPU: all PostgreSQL "
-        "server processes (backends and background processes) summed, measured during the "
-        "PostgreSQL target's own runs only; n/a for the other targets. "
+        "server processes (backends and background processes) summed, measured during each "
+        "PostgreSQL target's own runs only; n/a for the other targets. PostgreSQL: the "
+        "same server over loopback TCP (the issue's figures) and over its Unix socket (what "
+        "an app on the database's machine should use). "
         "Ratios: quartsess over Quart's cookie session, per repetition (the two runs a few "
         "seconds apart), median [min-max]: req/s and p99 with the issue's goal; CPU cost "
         "ratio (no goal) is the cookie session's worker CPU per request over this target's "
@@ -710,8 +734,10 @@ def update_readme(table: str, meta: dict[str, Any]) -> None:
         "\nOne command serves each target with hypercorn (one worker) and drives it with wrk; "
         "see `bench/run.py`. It needs `apt-get install wrk` and, for the PostgreSQL rows, a "
         "server at `QUARTSESS_BENCH_PG_URL` (default "
-        f"`{DEFAULT_PG_URL}`; the table `{PG_TABLE}` is dropped and re-created):\n\n"
-        "```\n.venv/bin/python -m bench.run          # ~12 minutes; rewrites this table\n"
+        f"`{DEFAULT_PG_URL}`) and, for the Unix-socket rows, `QUARTSESS_BENCH_PG_SOCKET_URL` "
+        f"(default `{DEFAULT_PG_SOCKET_URL}`); the tables "
+        f"{' and '.join(f'`{t}`' for t in PG_TABLES.values())} are dropped and re-created:\n\n"
+        "```\n.venv/bin/python -m bench.run          # ~30 minutes; rewrites this table\n"
         ".venv/bin/python -m bench.run --quick  # ~2 minutes\n"
         ".venv/bin/python -m bench.micro        # the session layer alone, no HTTP\n"
         ".venv/bin/python -m bench.profile --target sqlite --pattern rmw  # py-spy profile\n"
