@@ -18,6 +18,10 @@ from .errors import InvalidPayload, SessionTooLarge
 from .serializer import SessionSerializer
 
 _HASH_BYTES = 32
+# Decrypted payloads kept for reuse, by ciphertext: at most this many bytes of ciphertext
+# and plaintext together (about 10,000 small sessions), each entry at most a sixteenth.
+OPENED_BYTES_KEPT = 4 * 1024 * 1024
+_ENTRY_OVERHEAD = 120  # two bytes objects and a dict slot, roughly
 _USER_KEY_INFO = b"quartsess user binding v1"
 
 
@@ -43,6 +47,13 @@ class PayloadCodec:
         self._user_keys = [_user_key(key) for key in keys]
         self.serializer = serializer if serializer is not None else SessionSerializer()
         self.max_bytes = max_bytes
+        # A returning visitor's row usually holds the very ciphertext this process wrote
+        # or opened last time; decrypting it again (HMAC check and AES, ~15 us) would give
+        # the same bytes, so they are kept, least recently used dropped first. Only the
+        # decryption is skipped: the row is still read on every request, and the binding
+        # to the row is still checked. bytes are not tracked by the garbage collector.
+        self._opened: dict[bytes, bytes] = {}
+        self._opened_bytes = 0
 
     def serialize(self, data: dict[str, Any]) -> bytes:
         """The plaintext form of ``data``, compared byte for byte to detect changes."""
@@ -59,7 +70,10 @@ class PayloadCodec:
     def seal(self, id_hash: str, plaintext: bytes) -> bytes:
         """Encrypt serialized data for the row ``id_hash``; enforces ``max_bytes``."""
         self.check_size(plaintext)
-        return self._fernet.encrypt(bytes.fromhex(id_hash) + plaintext)
+        bound = bytes.fromhex(id_hash) + plaintext
+        ciphertext = self._fernet.encrypt(bound)
+        self._remember(ciphertext, bound)
+        return ciphertext
 
     def open(self, id_hash: str, ciphertext: bytes) -> tuple[dict[str, Any], bytes]:
         """Decrypt a row's payload; returns the data and its serialized form.
@@ -69,10 +83,17 @@ class PayloadCodec:
         memory; the 2x margin keeps rows written under a larger ``SESSION_MAX_BYTES``."""
         if len(ciphertext) > 2 * self.max_bytes + 1024:
             raise InvalidPayload("the payload is far larger than SESSION_MAX_BYTES allows")
-        try:
-            plaintext = self._fernet.decrypt(ciphertext)
-        except (InvalidToken, TypeError) as error:
-            raise InvalidPayload("the payload does not decrypt with any configured key") from error
+        plaintext = self._opened.pop(ciphertext, None) if type(ciphertext) is bytes else None
+        if plaintext is None:
+            try:
+                plaintext = self._fernet.decrypt(ciphertext)
+            except (InvalidToken, TypeError) as error:
+                raise InvalidPayload(
+                    "the payload does not decrypt with any configured key"
+                ) from error
+            self._remember(ciphertext, plaintext)
+        else:
+            self._opened[ciphertext] = plaintext  # now the most recently used
         binding, body = plaintext[:_HASH_BYTES], plaintext[_HASH_BYTES:]
         if not hmac.compare_digest(binding, bytes.fromhex(id_hash)):
             raise InvalidPayload("the payload belongs to another session row")
@@ -80,6 +101,19 @@ class PayloadCodec:
             return self.deserialize(body), body
         except (ValueError, RecursionError, UnicodeDecodeError) as error:
             raise InvalidPayload("the payload is not a valid session document") from error
+
+    def _remember(self, ciphertext: bytes, plaintext: bytes) -> None:
+        size = len(ciphertext) + len(plaintext) + _ENTRY_OVERHEAD
+        if size > OPENED_BYTES_KEPT // 16 or type(ciphertext) is not bytes:
+            return
+        opened = self._opened
+        if ciphertext in opened:
+            return
+        while opened and self._opened_bytes + size > OPENED_BYTES_KEPT:
+            oldest = next(iter(opened))
+            self._opened_bytes -= len(oldest) + len(opened.pop(oldest)) + _ENTRY_OVERHEAD
+        opened[ciphertext] = plaintext
+        self._opened_bytes += size
 
     def user_hash(self, user: str) -> str:
         """The keyed hash (HMAC-SHA256, newest key) stored for ``user``: finds its rows

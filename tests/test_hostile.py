@@ -16,7 +16,7 @@ from markupsafe import Markup
 from quart import Quart, session
 from sqlalchemy import update
 
-from quartsess.codec import PayloadCodec
+from quartsess.codec import OPENED_BYTES_KEPT, PayloadCodec
 from quartsess.errors import InvalidPayload, SessionNotSerializable, SessionTooLarge
 from quartsess.ids import hash_session_id
 from quartsess.keys import derive_fernet_key
@@ -116,10 +116,14 @@ def test_any_session_contents_survive_seal_and_open(data: dict[str, Any]) -> Non
     codec = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 20)
     id_hash = hash_session_id("x" * 43)
     plaintext = codec.serialize(data)
-    opened, snapshot = codec.open(id_hash, codec.seal(id_hash, plaintext))
+    sealed = codec.seal(id_hash, plaintext)
+    opened, snapshot = codec.open(id_hash, sealed)
     assert opened == data
     assert snapshot == plaintext
     assert codec.serialize(opened) == plaintext  # stable bytes: no spurious writes
+    # Another process (nothing kept from the seal) decrypts the same thing.
+    other_worker = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 20)
+    assert other_worker.open(id_hash, sealed) == (data, plaintext)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -250,6 +254,63 @@ async def test_huge_and_deep_contents_are_refused_before_storage(
         assert await stored_rows(app) == []
     errors = [type(r.exc_info[1]) for r in caplog.records if r.exc_info and r.exc_info[1]]
     assert SessionNotSerializable in errors and SessionTooLarge in errors
+
+
+class CountingDecrypts:
+    """Counts the decryptions a codec really runs (it skips ciphertexts it already knows)."""
+
+    def __init__(self, codec: PayloadCodec) -> None:
+        self.count = 0
+        fernet = codec._fernet
+        real = fernet.decrypt
+
+        def decrypt(token: bytes) -> bytes:
+            self.count += 1
+            return real(token)
+
+        fernet.decrypt = decrypt  # type: ignore[method-assign]
+
+
+def test_a_ciphertext_already_opened_or_written_here_is_not_decrypted_again() -> None:
+    writer = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 16)
+    reader = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 16)
+    decrypts = CountingDecrypts(reader)
+    id_hash = hash_session_id("r" * 43)
+    sealed = writer.seal(id_hash, b'{"visits":1}')
+    for _ in range(3):
+        assert reader.open(id_hash, bytes(bytearray(sealed)))[0] == {"visits": 1}
+    assert decrypts.count == 1
+    rewritten = reader.seal(id_hash, b'{"visits":2}')  # what this process wrote
+    assert reader.open(id_hash, rewritten)[0] == {"visits": 2}
+    assert decrypts.count == 1
+
+
+def test_a_kept_ciphertext_still_opens_only_for_its_own_row() -> None:
+    codec = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 16)
+    admin, guest = hash_session_id("a" * 43), hash_session_id("g" * 43)
+    sealed = codec.seal(admin, b'{"role":"admin"}')
+    assert codec.open(admin, sealed)[0] == {"role": "admin"}
+    with pytest.raises(InvalidPayload, match="another session row"):
+        codec.open(guest, sealed)
+    tampered = sealed[:-5] + (b"A" if sealed[-5:-4] != b"A" else b"B") + sealed[-4:]
+    for _ in range(2):  # a failed decryption is not kept either
+        with pytest.raises(InvalidPayload, match="does not decrypt"):
+            codec.open(admin, tampered)
+
+
+def test_kept_plaintexts_stay_within_their_byte_budget() -> None:
+    codec = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 20)
+    decrypts = CountingDecrypts(codec)
+    body = b'{"a":"' + b"x" * 3000 + b'"}'
+    sealed = [codec.seal(hash_session_id(f"{n:043d}"), body) for n in range(2000)]
+    kept = sum(len(c) + len(p) for c, p in codec._opened.items())
+    assert OPENED_BYTES_KEPT // 2 < kept <= OPENED_BYTES_KEPT  # 14 MB written
+    assert codec.open(hash_session_id(f"{1999:043d}"), sealed[-1])[0]["a"] == "x" * 3000
+    assert codec.open(hash_session_id(f"{0:043d}"), sealed[0])[0]["a"] == "x" * 3000
+    assert decrypts.count == 1  # the newest was kept, the oldest had gone
+    big = codec.seal(hash_session_id("b" * 43), b'{"a":"' + b"x" * 500_000 + b'"}')
+    codec.open(hash_session_id("b" * 43), big)
+    assert decrypts.count == 2 and big not in codec._opened  # too large to keep
 
 
 def test_a_deeply_nested_stored_document_is_rejected_not_crashing() -> None:
