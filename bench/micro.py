@@ -165,7 +165,8 @@ async def parts(
     async def decrypt(i: int) -> None:
         row = rows[i % SESSIONS]
         assert row is not None
-        codec.deserialize(codec._fernet.decrypt(row.payload)[32:])  # what a first open costs
+        codec.forget(row.payload)  # what opening a ciphertext new to this process costs
+        codec.open(row.id_hash, row.payload)
 
     async def open_kept(i: int) -> None:
         row = rows[i % SESSIONS]

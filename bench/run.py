@@ -211,7 +211,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _postgres_ready(url: str, table: str) -> bool:
+def _postgres_ready(url: str, table: str = PG_TABLE) -> bool:
     """Reachable, and the benchmark's own table dropped so every run starts empty."""
 
     async def reset() -> None:
@@ -698,7 +698,7 @@ def _heap_added(meta: dict[str, Any]) -> str:
     added = [
         round(100 * (count - base) / base)
         for target, count in tracked.items()
-        if target in ("sqlite", "postgresql") and count and base
+        if target in ("sqlite", *DB_SERVER_TARGETS) and count and base
     ]
     if not added:
         return "a large share"

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,11 +50,9 @@ class PayloadCodec:
         self.max_bytes = max_bytes
         # A returning visitor's row usually holds the very ciphertext this process wrote
         # or opened last time; decrypting it again (HMAC check and AES, ~15 us) would give
-        # the same bytes, so they are kept, least recently used dropped first. Only the
-        # decryption is skipped: the row is still read on every request, and the binding
-        # to the row is still checked. bytes are not tracked by the garbage collector.
-        self._opened: dict[bytes, bytes] = {}
-        self._opened_bytes = 0
+        # the same bytes. Only the decryption is skipped: the row is still read on every
+        # request, and the binding to the row is still checked.
+        self._kept = KeptPlaintexts(OPENED_BYTES_KEPT)
 
     def serialize(self, data: dict[str, Any]) -> bytes:
         """The plaintext form of ``data``, compared byte for byte to detect changes."""
@@ -72,7 +71,7 @@ class PayloadCodec:
         self.check_size(plaintext)
         bound = bytes.fromhex(id_hash) + plaintext
         ciphertext = self._fernet.encrypt(bound)
-        self._remember(ciphertext, bound)
+        self._kept.put(ciphertext, bound)
         return ciphertext
 
     def open(self, id_hash: str, ciphertext: bytes) -> tuple[dict[str, Any], bytes]:
@@ -83,7 +82,7 @@ class PayloadCodec:
         memory; the 2x margin keeps rows written under a larger ``SESSION_MAX_BYTES``."""
         if len(ciphertext) > 2 * self.max_bytes + 1024:
             raise InvalidPayload("the payload is far larger than SESSION_MAX_BYTES allows")
-        plaintext = self._opened.pop(ciphertext, None) if type(ciphertext) is bytes else None
+        plaintext = self._kept.get(ciphertext)
         if plaintext is None:
             try:
                 plaintext = self._fernet.decrypt(ciphertext)
@@ -91,9 +90,7 @@ class PayloadCodec:
                 raise InvalidPayload(
                     "the payload does not decrypt with any configured key"
                 ) from error
-            self._remember(ciphertext, plaintext)
-        else:
-            self._opened[ciphertext] = plaintext  # now the most recently used
+            self._kept.put(ciphertext, plaintext)
         binding, body = plaintext[:_HASH_BYTES], plaintext[_HASH_BYTES:]
         if not hmac.compare_digest(binding, bytes.fromhex(id_hash)):
             raise InvalidPayload("the payload belongs to another session row")
@@ -102,18 +99,9 @@ class PayloadCodec:
         except (ValueError, RecursionError, UnicodeDecodeError) as error:
             raise InvalidPayload("the payload is not a valid session document") from error
 
-    def _remember(self, ciphertext: bytes, plaintext: bytes) -> None:
-        size = len(ciphertext) + len(plaintext) + _ENTRY_OVERHEAD
-        if size > OPENED_BYTES_KEPT // 16 or type(ciphertext) is not bytes:
-            return
-        opened = self._opened
-        if ciphertext in opened:
-            return
-        while opened and self._opened_bytes + size > OPENED_BYTES_KEPT:
-            oldest = next(iter(opened))
-            self._opened_bytes -= len(oldest) + len(opened.pop(oldest)) + _ENTRY_OVERHEAD
-        opened[ciphertext] = plaintext
-        self._opened_bytes += size
+    def forget(self, ciphertext: bytes) -> None:
+        """Drop what is kept of ``ciphertext``: its row was rewritten, deleted or expired."""
+        self._kept.forget(ciphertext)
 
     def user_hash(self, user: str) -> str:
         """The keyed hash (HMAC-SHA256, newest key) stored for ``user``: finds its rows
@@ -158,6 +146,59 @@ class PayloadCodec:
             return self._fernet.rotate(ciphertext)
         except InvalidToken as error:
             raise InvalidPayload("the payload does not decrypt with any configured key") from error
+
+
+class KeptPlaintexts:
+    """Plaintexts by their ciphertext, the least recently used dropped first, within
+    ``budget`` bytes (each entry at most a sixteenth of it). Safe to share between threads.
+    bytes are not tracked by the garbage collector, so this adds nothing to its walks."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0  # bytes held, by _entry_size
+        self._entries: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ciphertext: bytes) -> bytes | None:
+        if type(ciphertext) is not bytes:
+            return None
+        with self._lock:
+            plaintext = self._entries.pop(ciphertext, None)
+            if plaintext is not None:
+                self._entries[ciphertext] = plaintext  # now the most recently used
+        return plaintext
+
+    def put(self, ciphertext: bytes, plaintext: bytes) -> None:
+        size = _entry_size(ciphertext, plaintext)
+        if type(ciphertext) is not bytes or size > self.budget // 16:
+            return
+        with self._lock:
+            entries = self._entries
+            if ciphertext in entries:
+                return
+            while entries and self.size + size > self.budget:
+                oldest = next(iter(entries))
+                self.size -= _entry_size(oldest, entries.pop(oldest))
+            entries[ciphertext] = plaintext
+            self.size += size
+
+    def forget(self, ciphertext: bytes) -> None:
+        if type(ciphertext) is not bytes:
+            return
+        with self._lock:
+            plaintext = self._entries.pop(ciphertext, None)
+            if plaintext is not None:
+                self.size -= _entry_size(ciphertext, plaintext)
+
+    def __contains__(self, ciphertext: object) -> bool:
+        return type(ciphertext) is bytes and ciphertext in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _entry_size(ciphertext: bytes, plaintext: bytes) -> int:
+    return len(ciphertext) + len(plaintext) + _ENTRY_OVERHEAD
 
 
 def _user_key(fernet_key: bytes) -> bytes:

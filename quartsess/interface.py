@@ -140,7 +140,8 @@ class ServerSessionInterface(SessionInterface):
     def client_of(self, request: BaseRequestWebsocket) -> Client | None:
         """What a session records of its client: the User-Agent and
         ``request.remote_addr`` (so the app's proxy middleware applies), or ``None``
-        when ``SESSION_RECORD_CLIENT`` is off. Override to record something else."""
+        when ``SESSION_RECORD_CLIENT`` is off (the next write then clears what was
+        recorded). Override to record something else."""
         if not self.config.record_client:
             return None
         return Client(request.headers.get("User-Agent"), request.remote_addr)

@@ -179,6 +179,8 @@ class SessionSaver:
         await self.store.prepare(create_table=self.create_table)
         record = await self.store.load(id_hash)
         if record is None or not self.policy.is_live(record, int(self.clock())):
+            if record is not None:
+                self.codec.forget(record.payload)
             logger.info("session %s is unknown or expired; a new session starts", log_id(id_hash))
             return None
         try:
@@ -250,6 +252,7 @@ class SessionSaver:
             if loaded is None:
                 return SaveOutcome(SaveResult.UNCHANGED, None)
             await self.store.delete(loaded.record.id_hash)
+            self.codec.forget(loaded.record.payload)
             return SaveOutcome(SaveResult.DELETED, None)
         if plaintext is None:
             plaintext = self.codec.serialize(data)
@@ -335,6 +338,7 @@ class SessionSaver:
                 # bring it back under a new ID.
                 return SaveOutcome(SaveResult.GONE, None)
             current, merged = retired
+            self.codec.forget(current.payload)  # that row is gone
             if merged is not None:
                 data = merged
                 plaintext = self.codec.serialize(merged)
@@ -409,6 +413,7 @@ class SessionSaver:
                 client=self._seal_client(current.id_hash, client, bound=user is not None),
             )
             if await self.store.update(written, previous=current):
+                self._forget_replaced(loaded.record, current)
                 return SaveOutcome(
                     SaveResult.UPDATED, Loaded(loaded.sid, written, plaintext, user), merged
                 )
@@ -421,11 +426,16 @@ class SessionSaver:
             merged = merge_changes(base, data, theirs)
             if not merged:
                 if await self.store.delete_version(current.id_hash, current.version):
+                    self._forget_replaced(loaded.record, current)
                     return SaveOutcome(SaveResult.GONE, None)
                 continue  # yet another write landed: merge onto that one
             plaintext = self.codec.serialize(merged)
             logger.debug("session %s: merged a concurrent save", log_id(current.id_hash))
         raise SaveConflict(MAX_SAVE_ATTEMPTS, log_id(current.id_hash))
+
+    def _forget_replaced(self, *rows: StoredSession) -> None:
+        for row in rows:
+            self.codec.forget(row.payload)
 
     def _content_of(self, loaded: Loaded) -> dict[str, Any]:
         return self.codec.deserialize(loaded.plaintext) if loaded.plaintext else {}

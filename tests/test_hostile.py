@@ -303,14 +303,26 @@ def test_kept_plaintexts_stay_within_their_byte_budget() -> None:
     decrypts = CountingDecrypts(codec)
     body = b'{"a":"' + b"x" * 3000 + b'"}'
     sealed = [codec.seal(hash_session_id(f"{n:043d}"), body) for n in range(2000)]
-    kept = sum(len(c) + len(p) for c, p in codec._opened.items())
-    assert OPENED_BYTES_KEPT // 2 < kept <= OPENED_BYTES_KEPT  # 14 MB written
+    kept = sum(len(c) + len(p) for c, p in codec._kept._entries.items())
+    assert OPENED_BYTES_KEPT // 2 < kept <= codec._kept.size <= OPENED_BYTES_KEPT  # 14 MB written
     assert codec.open(hash_session_id(f"{1999:043d}"), sealed[-1])[0]["a"] == "x" * 3000
     assert codec.open(hash_session_id(f"{0:043d}"), sealed[0])[0]["a"] == "x" * 3000
     assert decrypts.count == 1  # the newest was kept, the oldest had gone
     big = codec.seal(hash_session_id("b" * 43), b'{"a":"' + b"x" * 500_000 + b'"}')
     codec.open(hash_session_id("b" * 43), big)
-    assert decrypts.count == 2 and big not in codec._opened  # too large to keep
+    assert decrypts.count == 2 and big not in codec._kept  # too large to keep
+
+
+def test_the_plaintext_used_last_is_the_last_dropped() -> None:
+    codec = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 20)
+    decrypts = CountingDecrypts(codec)
+    body = b'{"a":"' + b"x" * 3000 + b'"}'
+    first = codec.seal(hash_session_id("f" * 43), body)
+    for n in range(2000):  # the first session is opened now and then: it stays
+        codec.seal(hash_session_id(f"{n:043d}"), body)
+        if n % 100 == 0:
+            codec.open(hash_session_id("f" * 43), first)
+    assert first in codec._kept and decrypts.count == 0
 
 
 def test_a_deeply_nested_stored_document_is_rejected_not_crashing() -> None:

@@ -641,6 +641,7 @@ def test_workers_that_make_the_throttle_file_at_once_all_count_their_attempt(
             thread.start()
         for thread in threads:
             thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in threads), f"pair {pair}: hung"
         assert errors == [], f"pair {pair}"
         with sqlite3.connect(path) as connection:
             [(attempts,)] = connection.execute("SELECT max(attempts) FROM login_attempts")

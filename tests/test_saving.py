@@ -191,6 +191,27 @@ async def test_a_content_write_moves_the_idle_deadline_as_a_touch_does(clock: Fa
     assert saver.codec.open(row.id_hash, row.payload)[0] == {"n": 3}
 
 
+async def test_a_worker_keeps_no_plaintext_of_a_row_it_replaced_or_deleted(
+    clock: FakeClock,
+) -> None:
+    saver, store = make_saver(clock)
+    kept = saver.codec._kept
+    first = await stored(saver, {"n": 0})
+    assert first.record.payload in kept  # the next read of this row decrypts nothing
+    outcome = await saver.save(first, {"n": 1})
+    assert outcome.loaded is not None
+    second = outcome.loaded
+    assert second.record.payload in kept and first.record.payload not in kept
+    renewed = await saver.save(second, {"n": 2}, regenerate=True)  # a new ID
+    assert renewed.loaded is not None and second.record.payload not in kept
+    assert (await saver.save(renewed.loaded, {})).result is SaveResult.DELETED  # a logout
+    assert len(kept) == 0 and store.rows == {}
+    expiring = await stored(saver, {"n": 3})
+    clock.advance(3601)
+    assert await saver.load(expiring.sid) is None
+    assert len(kept) == 0
+
+
 async def test_a_content_write_writes_an_earlier_deadline_at_once(clock: FakeClock) -> None:
     saver, store = make_saver(clock)
     loaded = await stored(saver, {"n": 0})
