@@ -79,13 +79,20 @@ class LoginThrottle:
         # Autocommit mode: the transactions below are opened explicitly.
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
         if not self._ready:
-            # Not a bare PRAGMA: workers opening a new file at once get SQLITE_BUSY at
-            # once, without the busy timeout; use_wal retries until one has switched it.
-            use_wal(connection, int(BUSY_TIMEOUT * 1000))
-            for statement in SCHEMA:
-                connection.execute(statement)
+            try:
+                self._set_up(connection)
+            except BaseException:
+                connection.close()
+                raise
             self._ready = True
         return connection
+
+    def _set_up(self, connection: sqlite3.Connection) -> None:
+        # Not a bare PRAGMA: workers opening a new file at once get SQLITE_BUSY at once,
+        # without the busy timeout; use_wal retries until one has switched it.
+        use_wal(connection, int(BUSY_TIMEOUT * 1000))
+        for statement in SCHEMA:
+            connection.execute(statement)
 
     def _reserve(self, limits: list[tuple[str, Limit]], now: float) -> int | None:
         connection = self._connect()

@@ -643,8 +643,11 @@ def test_workers_that_make_the_throttle_file_at_once_all_count_their_attempt(
             thread.join(timeout=30)
         assert not any(thread.is_alive() for thread in threads), f"pair {pair}: hung"
         assert errors == [], f"pair {pair}"
-        with sqlite3.connect(path) as connection:
+        connection = sqlite3.connect(path)
+        try:
             [(attempts,)] = connection.execute("SELECT max(attempts) FROM login_attempts")
+        finally:
+            connection.close()
         assert attempts == len(workers)  # both counted, on one row
 
 
