@@ -57,9 +57,10 @@ PACKAGES = [
 
 def record(target: str, pattern: str, seconds: float, out: Path, rate: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="quartsess-profile-"))
-    if target == "postgresql" and not bench_run._postgres_ready(bench_run.DEFAULT_PG_URL):
-        raise SystemExit("PostgreSQL is not reachable")
-    server = bench_run._start(target, work, bench_run.DEFAULT_PG_URL)
+    pg_url = bench_run.DEFAULT_PG_URLS.get(target, "")
+    if pg_url and not bench_run._postgres_ready(pg_url, bench_run.PG_TABLES[target]):
+        raise SystemExit(f"PostgreSQL at {pg_url} is not reachable")
+    server = bench_run._start(target, work, pg_url)
     try:
         bench_run._wait_ready(server)
         server.cookie_file = bench_run._seed_cookies(server, work)

@@ -80,7 +80,8 @@ P99_FACTOR = 1.5
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_PG_SOCKET_URL = "postgresql+asyncpg://postgres@/test?host=/var/run/postgresql"
 PG_TABLE = "quartsess_bench"
-# Each PostgreSQL target has a table of its own, dropped when the run starts.
+# Each PostgreSQL target has a URL and a table of its own, dropped when the run starts.
+DEFAULT_PG_URLS = {"postgresql": DEFAULT_PG_URL, "postgresql-socket": DEFAULT_PG_SOCKET_URL}
 PG_TABLES = {"postgresql": PG_TABLE, "postgresql-socket": "quartsess_bench_socket"}
 COOKIES = 1000
 # Targets whose database runs in server processes of its own, outside the worker (SQLite
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
     targets = list(args.targets)
-    for target, url in (("postgresql", args.pg_url), ("postgresql-socket", args.pg_socket_url)):
+    pg_urls = {"postgresql": args.pg_url, "postgresql-socket": args.pg_socket_url}
+    for target, url in pg_urls.items():
         if target in targets and not _postgres_ready(url, PG_TABLES[target]):
             print(f"PostgreSQL at {url} is not reachable: skipping {target}", file=sys.stderr)
             targets.remove(target)
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         for target in targets:
-            servers[target] = _start(target, work, args.pg_url, args.gc_freeze, args.pg_socket_url)
+            servers[target] = _start(target, work, pg_urls.get(target, ""), args.gc_freeze)
         for server in servers.values():
             _wait_ready(server)
             server.worker_pid = _worker_pid(server)
@@ -211,7 +213,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _postgres_ready(url: str, table: str = PG_TABLE) -> bool:
+def _postgres_ready(url: str, table: str) -> bool:
     """Reachable, and the benchmark's own table dropped so every run starts empty."""
 
     async def reset() -> None:
@@ -232,13 +234,8 @@ def _postgres_ready(url: str, table: str = PG_TABLE) -> bool:
     return True
 
 
-def _start(
-    target: str,
-    work: Path,
-    pg_url: str,
-    gc_freeze: bool = False,
-    pg_socket_url: str = DEFAULT_PG_SOCKET_URL,
-) -> Server:
+def _start(target: str, work: Path, pg_url: str, gc_freeze: bool = False) -> Server:
+    """Serve ``target``; ``pg_url`` is the database of a PostgreSQL target."""
     port = _free_port()
     table = PG_TABLES.get(target, PG_TABLE)
     env = dict(os.environ, BENCH_TARGET=target, BENCH_TABLE=table, PYTHONPATH=str(ROOT))
@@ -247,10 +244,8 @@ def _start(
     env["BENCH_GC_STATS"] = "1"
     if target == "sqlite":
         env["BENCH_DB_URL"] = f"sqlite+aiosqlite:///{work / 'sessions.sqlite3'}"
-    elif target == "postgresql":
+    elif target in PG_TABLES:
         env["BENCH_DB_URL"] = pg_url
-    elif target == "postgresql-socket":
-        env["BENCH_DB_URL"] = pg_socket_url
     log = work / f"{target}.log"
     command = [
         sys.executable,

@@ -338,7 +338,7 @@ class SessionSaver:
                 # bring it back under a new ID.
                 return SaveOutcome(SaveResult.GONE, None)
             current, merged = retired
-            self.codec.forget(current.payload)  # that row is gone
+            self._forget_replaced(previous.record, current)  # that row is gone
             if merged is not None:
                 data = merged
                 plaintext = self.codec.serialize(merged)
