@@ -1,6 +1,7 @@
 """The app the HTTP benchmark serves: the same three routes for every target.
 
-    BENCH_TARGET=none|cookie|sqlite|postgresql|postgresql-socket hypercorn 'bench.app:create_app()'
+    BENCH_TARGET=none|cookie|sqlite|postgresql|postgresql-socket|floor-sqlite|floor-postgresql \
+        hypercorn 'bench.app:create_app()'
 
 - ``/new``: a new visitor; stores a small session (what a login or first visit stores).
 - ``/rmw``: a returning visitor's visit counter (read, modify, write).
@@ -9,7 +10,9 @@
 ``none`` serves the same routes without touching any session (the ceiling); ``cookie``
 is Quart's built-in signed-cookie session; ``sqlite``, ``postgresql`` and
 ``postgresql-socket`` (the same app; ``bench.run`` gives it a Unix-socket URL) are quartsess
-(``BENCH_DB_URL``, ``BENCH_TABLE``). ``BENCH_GC_FREEZE=1`` calls ``gc.freeze()`` once
+(``BENCH_DB_URL``, ``BENCH_TABLE``); ``floor-sqlite`` and ``floor-postgresql`` are the bare
+SQL session store of ``bench/floor.py`` on the same databases (``BENCH_DB_URL``): the floor.
+``BENCH_GC_FREEZE=1`` calls ``gc.freeze()`` once
 serving starts (``bench.run --gc-freeze``; off by default). ``BENCH_GC_STATS=1`` (which
 ``bench.run`` sets for every target) prints, once serving starts and after a
 ``gc.collect()``, the number of objects the garbage collector tracks ("gc TARGET: tracked
@@ -27,7 +30,15 @@ from collections.abc import Callable
 
 from quart import Quart, session
 
-TARGETS = ("none", "cookie", "sqlite", "postgresql", "postgresql-socket")
+TARGETS = (
+    "none",
+    "cookie",
+    "sqlite",
+    "postgresql",
+    "postgresql-socket",
+    "floor-sqlite",
+    "floor-postgresql",
+)
 
 
 def create_app() -> Quart:
@@ -42,6 +53,10 @@ def create_app() -> Quart:
         app.config["SESSION_DB_URL"] = os.environ["BENCH_DB_URL"]
         app.config["SESSION_TABLE"] = os.environ.get("BENCH_TABLE", "quartsess_bench")
         Session(app)
+    elif target.startswith("floor-"):
+        from bench.floor import install
+
+        install(app, os.environ["BENCH_DB_URL"])
     uses_session = target != "none"
 
     @app.get("/new")

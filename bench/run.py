@@ -50,14 +50,30 @@ RESULTS = BENCH / "results"
 LUA = BENCH / "wrk.lua"
 README = ROOT / "README.md"
 
-TARGETS = ("none", "cookie", "sqlite", "postgresql", "postgresql-socket")
+TARGETS = (
+    "none",
+    "cookie",
+    "floor-sqlite",
+    "sqlite",
+    "floor-postgresql",
+    "postgresql",
+    "postgresql-socket",
+)
 LABELS = {
     "none": "no session",
     "cookie": "Quart cookie session",
+    "floor-sqlite": "bare SQL floor, SQLite",
     "sqlite": "quartsess SQLite",
+    "floor-postgresql": "bare SQL floor, PostgreSQL",
     "postgresql": "quartsess PostgreSQL",
     "postgresql-socket": "quartsess PostgreSQL, Unix socket",
 }
+# The floor each quartsess target is measured against: the bare SQL session store
+# (bench/floor.py) on the same database over the same transport.
+FLOORS = {"sqlite": "floor-sqlite", "postgresql": "floor-postgresql"}
+# Goals against the floor, in every cell: requests/s at least, p99 at most this many times.
+FLOOR_GOAL = 0.95
+FLOOR_P99_FACTOR = 1.3
 PATTERNS = {
     "read": ("/read", "returning, read-only"),
     "rmw": ("/rmw", "returning, read-modify-write"),
@@ -81,12 +97,20 @@ DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_PG_SOCKET_URL = "postgresql+asyncpg://postgres@/test?host=/var/run/postgresql"
 PG_TABLE = "quartsess_bench"
 # Each PostgreSQL target has a URL and a table of its own, dropped when the run starts.
-DEFAULT_PG_URLS = {"postgresql": DEFAULT_PG_URL, "postgresql-socket": DEFAULT_PG_SOCKET_URL}
-PG_TABLES = {"postgresql": PG_TABLE, "postgresql-socket": "quartsess_bench_socket"}
+DEFAULT_PG_URLS = {
+    "postgresql": DEFAULT_PG_URL,
+    "postgresql-socket": DEFAULT_PG_SOCKET_URL,
+    "floor-postgresql": DEFAULT_PG_URL,
+}
+PG_TABLES = {
+    "postgresql": PG_TABLE,
+    "postgresql-socket": "quartsess_bench_socket",
+    "floor-postgresql": "bench_floor",  # bench/floor.py's table
+}
 COOKIES = 1000
 # Targets whose database runs in server processes of its own, outside the worker (SQLite
 # runs inside it, so its cost is in the worker's CPU time already).
-DB_SERVER_TARGETS = ("postgresql", "postgresql-socket")
+DB_SERVER_TARGETS = ("postgresql", "postgresql-socket", "floor-postgresql")
 # Lines bench/app.py prints with BENCH_GC_STATS=1.
 TRACKED_LINE = re.compile(r"^gc (\S+): tracked objects (\d+)$", re.MULTILINE)
 FULL_GC_LINE = re.compile(r"^gc (\S+): full collection ([0-9.]+) ms$", re.MULTILINE)
@@ -124,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
     targets = list(args.targets)
-    pg_urls = {"postgresql": args.pg_url, "postgresql-socket": args.pg_socket_url}
+    pg_urls = {
+        "postgresql": args.pg_url,
+        "postgresql-socket": args.pg_socket_url,
+        "floor-postgresql": args.pg_url,
+    }
     for target, url in pg_urls.items():
         if target in targets and not _postgres_ready(url, PG_TABLES[target]):
             print(f"PostgreSQL at {url} is not reachable: skipping {target}", file=sys.stderr)
@@ -242,8 +270,8 @@ def _start(target: str, work: Path, pg_url: str, gc_freeze: bool = False) -> Ser
     env["BENCH_GC_FREEZE"] = "1" if gc_freeze else ""
     # Tracked objects at start-up and every full collection, in the log (see bench/app.py).
     env["BENCH_GC_STATS"] = "1"
-    if target == "sqlite":
-        env["BENCH_DB_URL"] = f"sqlite+aiosqlite:///{work / 'sessions.sqlite3'}"
+    if target in ("sqlite", "floor-sqlite"):
+        env["BENCH_DB_URL"] = f"sqlite+aiosqlite:///{work / f'{target}.sqlite3'}"
     elif target in PG_TABLES:
         env["BENCH_DB_URL"] = pg_url
     log = work / f"{target}.log"
@@ -563,12 +591,18 @@ def render(cells: dict[tuple[str, str], Cell], targets: list[str], meta: dict[st
         "seconds apart), median [min-max]: req/s and p99 with the issue's goal; CPU cost "
         "ratio (no goal) is the cookie session's worker CPU per request over this target's "
         "worker + DB server CPU per request, i.e. requests per CPU-second relative to the "
-        "cookie session with the database's CPU counted.",
+        "cookie session with the database's CPU counted. The floor (bench/floor.py): a bare "
+        "SQL session store on the same database, Quart's signed cookie carrying a random "
+        "row key, one primary-key SELECT per request and one UPDATE (INSERT for a new "
+        "visitor) when the session changed, no encryption, hashing or versioning; quartsess "
+        "over the floor, paired per repetition as above (the Unix-socket row has no floor of "
+        "its own).",
         "",
         "| pattern | target | req/s | p50 ms | p99 ms | worker CPU us/req "
         f"| DB server CPU us/req | req/s ratio (goal) | p99 ratio (goal <= {P99_FACTOR:g}) "
-        "| CPU cost ratio | runs kept |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| CPU cost ratio | req/s / floor (goal >= {FLOOR_GOAL:g}) "
+        f"| p99 / floor (goal <= {FLOOR_P99_FACTOR:g}) | runs kept |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for pattern in PATTERNS:
         cookie = cells.get((pattern, "cookie"))
@@ -586,13 +620,20 @@ def render(cells: dict[tuple[str, str], Cell], targets: list[str], meta: dict[st
                 ratio_text = _ratio(paired_ratios(cell, cookie, "rps"), goal, at_least=True)
                 p99_text = _ratio(paired_ratios(cell, cookie, "p99_us"), P99_FACTOR, at_least=False)
                 cost_text = _ratio(cpu_cost_ratios(cell, cookie))
+            floor_text = floor_p99_text = ""
+            floor = cells.get((pattern, FLOORS.get(target, "")))
+            if floor is not None:
+                floor_text = _ratio(paired_ratios(cell, floor, "rps"), FLOOR_GOAL, at_least=True)
+                floor_p99_text = _ratio(
+                    paired_ratios(cell, floor, "p99_us"), FLOOR_P99_FACTOR, at_least=False
+                )
             db_text = _us(cell.median("db_cpu_us")) if target in DB_SERVER_TARGETS else "n/a"
             kept = f"{len(cell.runs)}/{len(cell.runs) + len(cell.discarded)}"
             lines.append(
                 f"| {PATTERNS[pattern][1]} | {LABELS[target]} | {rps_text} | "
                 f"{_ms(cell.median('p50_us'))} | {_ms(cell.median('p99_us'))} | "
                 f"{_us(cell.median('cpu_us'))} | {db_text} | {ratio_text} | {p99_text} | "
-                f"{cost_text} | {kept} |"
+                f"{cost_text} | {floor_text} | {floor_p99_text} | {kept} |"
             )
     lines += ["", *render_gc(cells, targets, meta)]
     return "\n".join(lines) + "\n"

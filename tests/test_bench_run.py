@@ -66,6 +66,9 @@ def _cells() -> dict[tuple[str, str], bench.Cell]:
                 _run(1, 1800, 60_000, 500, gc_full=5, gc_pauses_ms=[40.0] * 5),
             ],
         )
+        cells[(pattern, "floor-sqlite")] = bench.Cell(
+            pattern, "floor-sqlite", [_run(0, 1900, 40_000, 450), _run(1, 1800, 50_000, 450)]
+        )
         cells[(pattern, "postgresql")] = bench.Cell(
             pattern,
             "postgresql",
@@ -94,6 +97,9 @@ def test_the_goals_are_the_issues() -> None:
         for pattern in ("read", "rmw", "new")
     }
     assert bench.P99_FACTOR == 1.5
+    # Against the bare SQL floor on the same database, in every cell.
+    assert (bench.FLOOR_GOAL, bench.FLOOR_P99_FACTOR) == (0.95, 1.3)
+    assert bench.FLOORS == {"sqlite": "floor-sqlite", "postgresql": "floor-postgresql"}
 
 
 def test_gc_freeze_is_off_unless_asked_for() -> None:
@@ -116,6 +122,8 @@ def test_the_main_table() -> None:
         "req/s ratio (goal)",
         f"p99 ratio (goal <= {bench.P99_FACTOR:g})",
         "CPU cost ratio",
+        "req/s / floor (goal >= 0.95)",
+        "p99 / floor (goal <= 1.3)",
         "runs kept",
     ]
     assert "p99 ratio (goal <= 1.5)" in header
@@ -129,6 +137,8 @@ def test_the_main_table() -> None:
         "0.93 [0.90-0.95] (>= 0.95 MISSED)",
         "1.67 [1.33-2.00] (<= 1.5 MISSED)",
         "0.80 [0.80-0.80]",  # 400 / 500
+        "1.00 [1.00-1.00] (>= 0.95 met)",  # the floor's runs of the same repetitions
+        "1.10 [1.00-1.20] (<= 1.3 met)",  # 40 / 40 and 60 / 50
         "2/2",
     ]
     postgresql = _row(table, "new", "postgresql")
@@ -139,8 +149,12 @@ def test_the_main_table() -> None:
         "1.50 [1.50-1.50] (<= 1.5 met)",
         # 400 / (400 + 400) and 400 / (400 + 100), per repetition
         "0.65 [0.50-0.80]",
+        "",  # no floor measured for PostgreSQL in these runs
+        "",
         "2/3",
     ]
+    # The floor is a row of its own, without ratios.
+    assert _row(table, "read", "floor-sqlite")[7:12] == ["", "", "", "", ""]
     # No ratios for the rows that are not quartsess; no DB server column either.
     assert _row(table, "rmw", "cookie")[6:10] == ["n/a", "", "", ""]
     assert _row(table, "rmw", "none")[6:10] == ["n/a", "", "", ""]
@@ -170,6 +184,7 @@ def test_the_gc_table() -> None:
     assert rows == {
         "no session": ["40,000", "0 (0-0)", "n/a", "n/a"],
         "Quart cookie session": ["42,000", "1.5 (1-2)", "15.0", "17.0"],
+        "bare SQL floor, SQLite": ["n/a", "0 (0-0)", "n/a", "n/a"],
         "quartsess SQLite": ["77,000", "4.5 (4-5)", "40.0", "44.0"],
         # the discarded run's collections are not counted
         "quartsess PostgreSQL": ["86,000", "0 (0-0)", "n/a", "n/a"],
