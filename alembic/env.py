@@ -24,8 +24,9 @@ from sqlalchemy import MetaData, pool
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from quartsess.config import DEFAULT_SQLITE_FILE, DEFAULT_TABLE, unsupported_url_problem
+from quartsess.config import DEFAULT_SQLITE_FILE, DEFAULT_TABLE
 from quartsess.schema import build_table
+from quartsess.stores.sql_url import unsupported_url_problem
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

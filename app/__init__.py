@@ -14,8 +14,7 @@ from typing import Any
 from quart import Quart, Response, ResponseReturnValue, current_app, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from quartsess import Session
-from quartsess.errors import SessionStoreUnavailable
+from quartsess import Session, StoreError
 
 from . import auth, cart, devices, views
 from .auth import current_user
@@ -124,6 +123,8 @@ async def _security_headers(response: Response) -> Response:
 
 async def _http_error(error: HTTPException) -> ResponseReturnValue:
     # With the session store down, any use of the session would fail again.
-    use_session = not isinstance(error, SessionStoreUnavailable)
+    use_session = not isinstance(error, StoreError)
     body = await render_template("error.html", error=error, use_session=use_session)
-    return body, error.code or 500
+    retry_after = getattr(error, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after else {}
+    return body, error.code or 500, headers

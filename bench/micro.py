@@ -149,7 +149,7 @@ async def bench_backend(backend: str, n: int, batches: int, workdir: Path) -> di
 async def parts(
     interface: ServerSessionInterface, cookies: list[str], n: int, batches: int
 ) -> dict[str, float]:
-    store, codec = interface.store, interface.codec
+    store, codec = interface.saver.store, interface.saver.codec
     hashes = [hash_session_id(c.split("=", 1)[1]) for c in cookies]
     rows = [await store.load(h) for h in hashes]
     plain = [codec.open(h, r.payload)[1] for h, r in zip(hashes, rows, strict=True) if r]

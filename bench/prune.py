@@ -90,7 +90,7 @@ def make_app(url: str, table: str) -> Quart:
 
 async def fill(app: Quart, backend: str, rows: int) -> float:
     ext: Session = app.extensions["quartsess"]
-    store = ext.interface_for(app).store
+    store = ext.store_for(app)
     sql = FILL_SQL[backend].format(
         t=store.table.name, size=PAYLOAD_BYTES, expired=EXPIRED_AT, rows=int(rows)
     )
@@ -185,7 +185,7 @@ async def main() -> None:
                 cursor.execute(pragma)
                 cursor.close()
 
-            event.listen(ext.interface_for(app).store.sync_engine, "connect", set_cache)
+            event.listen(ext.store_for(app).sync_engine, "connect", set_cache)
         async with app.test_app() as test_app:
             try:
                 seconds = await fill(app, args.backend, args.rows)
@@ -210,7 +210,7 @@ async def main() -> None:
                 during = await load(clients, args.rate, done)
                 deleted, elapsed = await prune_task
                 after = await load(clients, args.rate, float(args.baseline))
-                left = (await ext.interface_for(app).store.stats(int(time.time()))).rows
+                left = (await ext.store_for(app).stats(int(time.time()))).rows
 
                 print(
                     f"prune: {deleted} rows in {elapsed:.1f} s = {deleted / elapsed:,.0f} rows/s "
@@ -226,7 +226,7 @@ async def main() -> None:
                 )
                 print(f"p99 during prune / p99 without: {p99:.2f}x")
             finally:
-                store = ext.interface_for(app).store
+                store = ext.store_for(app)
                 await store.run(lambda c: c.execute(text(f"DROP TABLE IF EXISTS {table}")))
 
 

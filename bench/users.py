@@ -100,7 +100,7 @@ def make_app(url: str, table: str) -> Quart:
 async def fill_others(app: Quart, backend: str, rows: int, limit: float) -> float:
     """Write ``rows`` rows of other users in chunks; give up past ``limit`` seconds."""
     ext: Session = app.extensions["quartsess"]
-    store = ext.interface_for(app).store
+    store = ext.store_for(app)
     now = int(time.time())
     params = {"now": now, "expires": now + 30 * 86_400}
     started = time.perf_counter()
@@ -171,7 +171,7 @@ async def main() -> None:
         copy = f"{table}_copy"
         app = make_app(url, table)
         ext: Session = app.extensions["quartsess"]
-        store = ext.interface_for(app).store
+        store = ext.store_for(app)
 
         async def execute(sql: str) -> None:
             def work(connection: Connection) -> None:
@@ -197,7 +197,7 @@ async def main() -> None:
                 await listing()  # warm-up: statement caches, the first decryption
                 listed = await timed(args.runs, listing)
                 # The store's query alone (rows without payloads, nothing decrypted).
-                hashes = ext.interface_for(app).codec.user_hashes(USER)
+                hashes = ext.parts_for(app).owners.user_hashes(USER)
                 selected = await timed(args.runs, lambda: store.sessions_of(hashes))
 
                 revoked: list[float] = []

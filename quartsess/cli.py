@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 import click
 from quart.cli import AppGroup, ScriptInfo, pass_script_info
 
-from .errors import ConfigurationError, InvalidPayload, describe_error
+from .cli_app import load_parts
+from .errors import StoreError, TableMissing
 from .ids import log_id
 from .keys import generate_key
 from .migrate import migrate_cli
-from .pruner import Pruner
-from .stores.base import STORE_ERRORS, MaintainedStore
-from .users import UserSessions, user_of
+from .rotation import ROTATE_BATCH_SIZE, rotate_keys
 
 if TYPE_CHECKING:
-    from quart import Quart
-
-    from .codec import PayloadCodec
-    from .extension import Session
-    from .interface import ServerSessionInterface
+    from .extension import SessionParts
 
 T = TypeVar("T")
 
-ROTATE_BATCH_SIZE = 500
 MAX_LISTED_IDS = 20
 
 sessions_cli = AppGroup("sessions", help="Manage quartsess's server-side sessions.")
@@ -47,8 +39,8 @@ def gen_key_command() -> None:
 def prune_command(info: ScriptInfo) -> None:
     """Delete expired sessions now and print how many went."""
 
-    async def prune(interface: ServerSessionInterface, store: MaintainedStore) -> int:
-        return await Pruner(store, clock=interface.clock, interval=0).prune()
+    async def prune(parts: SessionParts) -> int:
+        return await parts.pruner.prune()
 
     deleted = _run(info, prune)
     click.echo(f"Pruned {deleted} expired session{'s' if deleted != 1 else ''}.")
@@ -59,10 +51,9 @@ def prune_command(info: ScriptInfo) -> None:
 def stats_command(info: ScriptInfo) -> None:
     """Print the number of sessions, how many have expired, and payload sizes."""
 
-    async def stats(interface: ServerSessionInterface, store: MaintainedStore) -> None:
-        result = await store.stats(int(interface.clock()))
-        click.echo(f"database:              {_database(interface)}")
-        click.echo(f"table:                 {interface.config.table}")
+    async def stats(parts: SessionParts) -> None:
+        result = await parts.store.stats(int(parts.saver.clock()))
+        click.echo(f"store:                 {parts.store.describe()}")
         click.echo(f"rows:                  {result.rows}")
         click.echo(f"expired rows:          {result.expired_rows}")
         click.echo(f"payload bytes:         {result.payload_bytes}")
@@ -77,10 +68,8 @@ def stats_command(info: ScriptInfo) -> None:
 def list_command(info: ScriptInfo, user: str) -> None:
     """List a user's live sessions, most recently active first."""
 
-    async def listing(interface: ServerSessionInterface, store: MaintainedStore) -> None:
-        found = await UserSessions(store, interface.codec, interface.policy, interface.clock).list(
-            user
-        )
+    async def listing(parts: SessionParts) -> None:
+        found = await parts.users.list(user)
         click.echo(f"{len(found)} live session{'s' if len(found) != 1 else ''} of user {user!r}.")
         for info_ in found:
             click.echo(
@@ -102,11 +91,10 @@ def revoke_command(info: ScriptInfo, user: str | None, handle: str | None) -> No
     if user is None and handle is None:
         raise click.UsageError("give --user, --handle, or both")
 
-    async def revoke(interface: ServerSessionInterface, store: MaintainedStore) -> int:
-        users = UserSessions(store, interface.codec, interface.policy, interface.clock)
+    async def revoke(parts: SessionParts) -> int:
         if handle is not None:
-            return int(await users.revoke(handle, user=user))
-        return await users.revoke_all(user or "")
+            return int(await parts.users.revoke(handle, user=user))
+        return await parts.users.revoke_all(user or "")
 
     ended = _run(info, revoke)
     click.echo(f"Revoked {ended} session{'s' if ended != 1 else ''}.")
@@ -136,53 +124,29 @@ def rotate_keys_command(info: ScriptInfo, delete_unreadable: bool, batch_size: i
     request rewrote in the meantime is not overwritten. Remove an old key from the
     configuration only after this reports no rows left to rotate."""
 
-    async def rotate(interface: ServerSessionInterface, store: MaintainedStore) -> None:
-        codec = interface.codec
-        scanned = current = rotated = raced = deleted = 0
-        unreadable: list[str] = []
-        after = ""
-        user_key = interface.config.user_key
-        while rows := await store.scan(after, batch_size):
-            after = rows[-1].id_hash
-            scanned += len(rows)
-            updates = []
-            for row in rows:
-                if codec.uses_newest_key(row.payload):
-                    current += 1
-                    continue
-                try:
-                    data, _ = codec.open(row.id_hash, row.payload)
-                    user = user_of(data, user_key)
-                    updates.append(
-                        replace(
-                            row,
-                            payload=codec.rotate(row.payload),
-                            # Re-keyed too, so the user's sessions are found under the newest key.
-                            user_hash=None if user is None else codec.user_hash(user),
-                            client=None if row.client is None else _rotated(codec, row.client),
-                        )
-                    )
-                except InvalidPayload:
-                    unreadable.append(row.id_hash)
-                    if delete_unreadable and await store.delete_version(row.id_hash, row.version):
-                        deleted += 1
-            done = await store.replace_payloads(updates) if updates else 0
-            rotated += done
-            raced += len(updates) - done
-        click.echo(
-            f"Rotating the sessions in table {interface.config.table!r} of {_database(interface)}."
+    async def rotate(parts: SessionParts) -> None:
+        report = await rotate_keys(
+            parts.store,
+            parts.codec,
+            parts.owners,
+            parts.config.user_key,
+            batch_size=batch_size,
+            delete_unreadable=delete_unreadable,
         )
+        click.echo(f"Rotating the sessions in {parts.store.describe()}.")
         click.echo(
-            f"Scanned {scanned} rows: {rotated} re-encrypted with the newest key, "
-            f"{current} already used it, {raced} rewritten by a request meanwhile (left as is)."
+            f"Scanned {report.scanned} rows: {report.rotated} re-encrypted with the newest "
+            f"key, {report.current} already used it, {report.raced} rewritten by a request "
+            "meanwhile (left as is)."
         )
+        unreadable = report.unreadable
         if unreadable:
             listed = ", ".join(log_id(id_hash) for id_hash in unreadable[:MAX_LISTED_IDS])
             more = len(unreadable) - MAX_LISTED_IDS
             if more > 0:
                 listed += f" and {more} more"
             action = (
-                f"deleted {deleted}"
+                f"deleted {report.deleted}"
                 if delete_unreadable
                 else "kept them (pass --delete-unreadable to delete them)"
             )
@@ -197,32 +161,21 @@ def rotate_keys_command(info: ScriptInfo, delete_unreadable: bool, batch_size: i
     _run(info, rotate)
 
 
-Work = Callable[["ServerSessionInterface", MaintainedStore], Awaitable[T]]
-
-
-def _run(info: ScriptInfo, work: Work[T]) -> T:
-    """Load the app, open a store of its own on the app's database, run ``work``, close;
-    turn the errors an operator can fix into a message and exit status 1."""
-    extension, interface = _extension(info)
-    config = interface.config
-    url = _database(interface)
-    database = config.db_url.database
-    if config.backend == "sqlite" and database and database != ":memory:":
-        if not database.startswith("file:") and not os.path.exists(database):
-            raise click.ClickException(f"there is no SQLite database at {database}")
+def _run(info: ScriptInfo, work: Callable[[SessionParts], Awaitable[T]]) -> T:
+    """Load the app, run ``work`` on its quartsess parts, close the store; turn the
+    errors an operator can fix into a message and exit status 1."""
+    parts = load_parts(info)
+    store = parts.store
 
     async def main() -> T:
-        store = extension.make_store(config)
         try:
-            if not await store.table_exists():
-                raise click.ClickException(
-                    f"the sessions table {config.table!r} does not exist in {url}: create it with "
-                    "`quart sessions migrate`, or start the app once with SESSION_CREATE_TABLE=True"
-                )
-            return await work(interface, store)
-        except STORE_ERRORS as error:
+            await store.check_table()
+            return await work(parts)
+        except TableMissing as error:
+            raise click.ClickException(str(error)) from None
+        except StoreError as error:
             raise click.ClickException(
-                f"the session database {url} failed: {describe_error(error)}"
+                f"the session store ({store.describe()}) failed: {error}"
             ) from None
         finally:
             await store.close()
@@ -232,27 +185,3 @@ def _run(info: ScriptInfo, work: Work[T]) -> T:
 
 def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _rotated(codec: PayloadCodec, ciphertext: bytes) -> bytes | None:
-    try:
-        return codec.rotate(ciphertext)
-    except InvalidPayload:
-        return None  # a client record no key opens is dropped, not kept unreadable
-
-
-def _database(interface: ServerSessionInterface) -> str:
-    return interface.config.db_url.render_as_string(hide_password=True)
-
-
-def _extension(info: ScriptInfo) -> tuple[Session, ServerSessionInterface]:
-    try:
-        app: Quart = info.load_app()
-    except ConfigurationError as error:
-        raise click.ClickException(f"quartsess is misconfigured: {error}") from None
-    extension: Session | None = app.extensions.get("quartsess")
-    if extension is None:
-        raise click.ClickException(
-            "quartsess is not set up on this app: call Session(app) when creating it"
-        )
-    return extension, extension.interface_for(app)

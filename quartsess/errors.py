@@ -47,8 +47,30 @@ class InvalidPayload(QuartSessError):
     """A stored payload did not decrypt, or does not belong to the row it was read from."""
 
 
-class StoreError(QuartSessError):
-    """The session database failed to answer (driver errors are chained as the cause)."""
+#: Seconds a client is told to wait (``Retry-After``) when the session store is down.
+RETRY_AFTER_SECONDS = 5
+
+
+class StoreError(QuartSessError, ServiceUnavailable):
+    """The session database failed to answer or cannot be used (a driver error is chained
+    as the cause). Every store method raises only this and its subclasses.
+
+    It is an HTTP 503 with ``Retry-After``: raised into a view, the visitor gets that with
+    a generic message, never the diagnostic, which ``str(error)`` gives for the log."""
+
+    description = "The session store is temporarily unavailable. Please try again in a moment."
+
+    def __init__(self, message: str | None = None) -> None:
+        ServiceUnavailable.__init__(self, retry_after=RETRY_AFTER_SECONDS)
+        self.message = message or self.description
+        self.args = (self.message,)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SessionStoreUnavailable(StoreError):
+    """The session database could not be reached or did not answer: a view gets a 503."""
 
 
 class TableMissing(StoreError):
@@ -58,6 +80,19 @@ class TableMissing(StoreError):
         super().__init__(
             f"table missing: the sessions table {table!r} does not exist in {database}; "
             "create it with `quart sessions migrate` (or set SESSION_CREATE_TABLE = True)"
+        )
+        self.table = table
+
+
+class DatabaseMissing(TableMissing):
+    """The database itself does not exist (a SQLite file that is not there)."""
+
+    def __init__(self, table: str, database: str) -> None:
+        StoreError.__init__(
+            self,
+            f"there is no SQLite database at {database}; create it and the sessions table "
+            "with `quart sessions migrate` (or start the app once with SESSION_CREATE_TABLE "
+            "= True)",
         )
         self.table = table
 
@@ -83,12 +118,6 @@ class SaveConflict(QuartSessError):
     def __init__(self, attempts: int, session: str) -> None:
         super().__init__(f"{attempts} concurrent updates of session {session} won in a row")
         self.attempts = attempts
-
-
-class SessionStoreUnavailable(QuartSessError, ServiceUnavailable):
-    """The session database could not be reached; the request gets a 503."""
-
-    description = "The session store is temporarily unavailable. Please try again in a moment."
 
 
 def describe_error(error: BaseException) -> str:

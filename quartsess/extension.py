@@ -5,30 +5,52 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 from .cli import sessions_cli
 from .codec import PayloadCodec
-from .config import SessionConfig, check_driver_installed, setting_warnings
-from .errors import TableMissing, describe_error
+from .config import SessionConfig, setting_warnings
+from .errors import StoreError, TableMissing
+from .expiry import ExpiryPolicy
 from .interface import ServerSessionInterface
+from .lifecycle import Lifecycle
+from .owners import OwnerKeys
 from .pruner import Pruner
-from .saving import ExpiryPolicy
+from .saving import SessionSaver
 from .serializer import SessionSerializer
-from .stores.base import STORE_ERRORS, MaintainedStore
+from .stores.base import MaintainedStore
 from .stores.sql import SqlStore
 from .users import SessionInfo, UserSessions
 
 if TYPE_CHECKING:
-    from .clock import Clock
-
-if TYPE_CHECKING:
     from quart import Quart
+
+    from .clock import Clock
 
 logger = logging.getLogger("quartsess")
 
 EXTENSION_KEY = "quartsess"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionParts:
+    """Everything quartsess is made of for one app, built once by :meth:`Session.compose`
+    and handed down: no part builds another."""
+
+    config: SessionConfig
+    store: MaintainedStore
+    codec: PayloadCodec
+    owners: OwnerKeys
+    policy: ExpiryPolicy
+    lifecycle: Lifecycle
+    users: UserSessions
+    saver: SessionSaver
+    pruner: Pruner
+    interface: ServerSessionInterface
 
 
 class Session:
@@ -54,12 +76,7 @@ class Session:
 
     def __init__(self, app: Quart | None = None, *, clock: Clock = time.time) -> None:
         self._clock = clock
-        self._interfaces: WeakKeyDictionary[Quart, ServerSessionInterface] = WeakKeyDictionary()
-        self._stores: WeakKeyDictionary[ServerSessionInterface, MaintainedStore] = (
-            WeakKeyDictionary()
-        )
-        self._pruners: WeakKeyDictionary[ServerSessionInterface, Pruner] = WeakKeyDictionary()
-        self._users: WeakKeyDictionary[ServerSessionInterface, UserSessions] = WeakKeyDictionary()
+        self._parts: WeakKeyDictionary[Quart, SessionParts] = WeakKeyDictionary()
         if app is not None:
             self.init_app(app)
 
@@ -68,92 +85,112 @@ class Session:
 
         Raises :class:`~quartsess.ConfigurationError` naming the setting to fix."""
         config = SessionConfig.from_mapping(app.config, instance_path=app.instance_path)
-        check_driver_installed(config.db_url)
         for warning in setting_warnings(app.config):
             logger.warning("%s", warning)
-        store = self.make_store(config)
-        codec = self.codec_class(config.encryption_keys, config.max_bytes, self.serializer_class())
-        users = UserSessions(
-            store,
-            codec,
-            ExpiryPolicy.from_config(config),
-            self._clock,
-            max_per_user=config.max_per_user,
-        )
-        interface = self.interface_class(
-            store=store, codec=codec, config=config, clock=self._clock, users=users
-        )
+        parts = self.compose(config)
         # Quart types the attribute as its cookie interface; any SessionInterface works.
-        app.session_interface = interface  # type: ignore[assignment]
+        app.session_interface = parts.interface  # type: ignore[assignment]
         app.extensions[EXTENSION_KEY] = self
-        self._interfaces[app] = interface
-        self._stores[interface] = store
-        self._users[interface] = users
-        pruner = Pruner(store, clock=self._clock, interval=config.prune_interval)
-        self._pruners[interface] = pruner
+        self._parts[app] = parts
         _add_cli(app)
 
         async def start_serving() -> None:
             _warn_insecure_cookies(app)
-            store.keep_connections(True)
+            parts.store.keep_connections(True)
             try:
-                await store.prepare(create_table=config.create_table)
+                await parts.store.prepare(create_table=config.create_table)
             except TableMissing as error:
                 logger.error("%s; until then requests that use the session get 503", error)
-            except STORE_ERRORS as error:
+            except StoreError as error:
                 # Serve anyway: pages that need no session keep working, the others get
                 # 503 until the database answers (then the table is created if needed).
                 logger.error(
                     "session store not reachable at start-up (%s); requests that use the "
                     "session get 503 until it answers",
-                    describe_error(error),
+                    error,
                 )
-            pruner.start()
+            parts.pruner.start()
 
         async def stop_serving() -> None:
-            await pruner.stop()
-            await interface.wait_for_saves()  # saves outlive cancelled requests
-            store.keep_connections(False)
-            await store.close()
+            await parts.pruner.stop()
+            await parts.interface.wait_for_saves()  # saves outlive cancelled requests
+            parts.store.keep_connections(False)
+            await parts.store.close()
 
         app.before_serving(start_serving)
         app.after_serving(stop_serving)
+
+    def compose(self, config: SessionConfig) -> SessionParts:
+        """Build every part for ``config``, each once: the one place where they are made
+        and wired together."""
+        store = self.make_store(config)
+        codec = self.codec_class(config.encryption_keys, config.max_bytes, self.serializer_class())
+        owners = OwnerKeys(config.encryption_keys)
+        policy = ExpiryPolicy.from_config(config)
+        lifecycle = Lifecycle(store, codec, config.user_key)
+        users = UserSessions(
+            store, owners, policy, lifecycle, self._clock, max_per_user=config.max_per_user
+        )
+        saver = SessionSaver(
+            store,
+            codec,
+            owners,
+            policy,
+            lifecycle,
+            self._clock,
+            create_table=config.create_table,
+            user_key=config.user_key,
+            users=users,
+        )
+        pruner = Pruner(lifecycle, clock=self._clock, interval=config.prune_interval)
+        interface = self.interface_class(saver, config)
+        return SessionParts(
+            config, store, codec, owners, policy, lifecycle, users, saver, pruner, interface
+        )
 
     def make_store(self, config: SessionConfig) -> MaintainedStore:
         """The store for an app's settings (``store_class.from_config``)."""
         return self.store_class.from_config(config)
 
-    def interface_for(self, app: Quart | None = None) -> ServerSessionInterface:
-        """The session interface installed on ``app`` (default: the current or only app)."""
+    def parts_for(self, app: Quart | None = None) -> SessionParts:
+        """What quartsess built for ``app`` (default: the current app, or the only one)."""
         if app is None:
             from quart import current_app, has_app_context
 
             if has_app_context():
-                interface = current_app.session_interface
-                if isinstance(interface, ServerSessionInterface) and interface in self._stores:
-                    return interface
-                raise RuntimeError("Session.init_app(app) was not called for this app")
-            if len(self._interfaces) != 1:
+                app = current_app._get_current_object()  # type: ignore[attr-defined]
+            elif not self._parts:
+                raise RuntimeError(
+                    "this Session serves no app yet: call Session(app) or init_app(app) first"
+                )
+            elif len(self._parts) > 1:
                 raise RuntimeError("pass the app: this Session serves several apps")
-            app = next(iter(self._interfaces))
+            else:
+                app = next(iter(self._parts))
         try:
-            return self._interfaces[app]
+            return self._parts[app]
         except KeyError:
             raise RuntimeError("Session.init_app(app) was not called for this app") from None
 
+    def interface_for(self, app: Quart | None = None) -> ServerSessionInterface:
+        """The session interface installed on ``app`` (default: the current or only app)."""
+        return self.parts_for(app).interface
+
     def store_for(self, app: Quart | None = None) -> MaintainedStore:
         """The store of ``app`` (default: the current or only app)."""
-        return self._stores[self.interface_for(app)]
+        return self.parts_for(app).store
 
     def pruner_for(self, app: Quart | None = None) -> Pruner:
         """The pruner of ``app`` (default: the current or only app)."""
-        return self._pruners[self.interface_for(app)]
+        return self.parts_for(app).pruner
 
     async def prune(self, app: Quart | None = None) -> int:
         """Delete every expired session row now, in batches; returns how many went.
 
         On PostgreSQL this waits while another worker is pruning the same table."""
-        return await self.pruner_for(app).prune()
+        parts = self.parts_for(app)
+        async with _store_call(parts, "pruning"):
+            return await parts.pruner.prune()
 
     # -- user sessions --------------------------------------------------------------
 
@@ -161,8 +198,9 @@ class Session:
         """The live sessions of ``user`` (``str(user)``, as ``SESSION_USER_KEY`` holds
         it), most recently active first. Inside a request, the request's own session is
         marked ``current``."""
-        users = self._users[self.interface_for(app)]
-        return await users.list(str(user), current_handle=_current_handle())
+        parts = self.parts_for(app)
+        async with _store_call(parts, "listing a user's sessions"):
+            return await parts.users.list(str(user), current_handle=_current_handle())
 
     async def revoke_session(
         self, handle: str, *, user: object | None = None, app: Quart | None = None
@@ -170,19 +208,21 @@ class Session:
         """End the session named ``handle`` (with ``user``: only if it is theirs, as a
         "log out this device" button needs). True if a session went. Effective on that
         session's next request, in any worker."""
-        users = self._users[self.interface_for(app)]
-        return await users.revoke(handle, user=None if user is None else str(user))
+        parts = self.parts_for(app)
+        async with _store_call(parts, "revoking a session"):
+            return await parts.users.revoke(handle, user=None if user is None else str(user))
 
     async def revoke_user_sessions(
         self, user: object, *, keep_current: bool = False, app: Quart | None = None
     ) -> int:
         """End every session of ``user`` ("log out everywhere"; with ``keep_current``,
         all but the request's own: "log out all other devices"); returns how many went."""
-        users = self._users[self.interface_for(app)]
+        parts = self.parts_for(app)
         keep = _current_handle() if keep_current else None
         if keep_current and keep is None:
             raise RuntimeError("keep_current needs a request whose session is stored")
-        return await users.revoke_all(str(user), except_handle=keep)
+        async with _store_call(parts, "revoking a user's sessions"):
+            return await parts.users.revoke_all(str(user), except_handle=keep)
 
     @property
     def store(self) -> MaintainedStore:
@@ -192,7 +232,20 @@ class Session:
     @property
     def config(self) -> SessionConfig:
         """The validated settings of the current (or only) app."""
-        return self.interface_for().config
+        return self.parts_for().config
+
+
+@asynccontextmanager
+async def _store_call(parts: SessionParts, what: str) -> AsyncIterator[None]:
+    """Prepare the store as a request would (so a fresh SQLite file gets its table), and
+    log a store error once before it propagates: a :class:`~quartsess.StoreError`, which
+    a view turns into a 503 with ``Retry-After``."""
+    try:
+        await parts.store.prepare(create_table=parts.config.create_table)
+        yield
+    except StoreError as error:
+        logger.error("session store failed while %s: %s", what, error)
+        raise
 
 
 def _current_handle() -> str | None:

@@ -28,3 +28,9 @@ def hash_session_id(session_id: str) -> str:
 def log_id(id_hash: str) -> str:
     """A short prefix of the ID hash, enough to correlate log lines."""
     return id_hash[:12]
+
+
+def new_handle() -> str:
+    """A fresh session handle: 128 random bits, URL-safe (22 characters). It names a
+    session for listing and revoking, stays the same across new IDs, and is safe to show."""
+    return secrets.token_urlsafe(16)

@@ -13,27 +13,23 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from .eager import start_eagerly
 from .errors import (
+    RETRY_AFTER_SECONDS,
     SaveConflict,
     SessionNotSerializable,
     SessionStoreUnavailable,
     SessionTooLarge,
+    StoreError,
     TableMissing,
-    describe_error,
 )
 from .ids import hash_session_id, is_well_formed, log_id
-from .saving import SAVE_FAILURES, ExpiryPolicy, SaveResult, SessionSaver
+from .owners import Client
+from .saving import SAVE_FAILURES, SaveDecision, SaveOutcome, SaveResult, SessionSaver
 from .session import ServerSession, UnavailableSession
-from .stores.base import STORE_ERRORS
-from .users import Client
 
 if TYPE_CHECKING:
     from quart import Quart
 
-    from .clock import Clock
-    from .codec import PayloadCodec
     from .config import SessionConfig
-    from .stores.base import SessionStore
-    from .users import UserSessions
 
 logger = logging.getLogger("quartsess")
 
@@ -55,29 +51,11 @@ class ServerSessionInterface(SessionInterface):
     #: (Quart types this attribute as its own ``NullSession`` class.)
     null_session_class = UnavailableSession  # type: ignore[assignment]
 
-    def __init__(
-        self,
-        *,
-        store: SessionStore,
-        codec: PayloadCodec,
-        config: SessionConfig,
-        clock: Clock,
-        users: UserSessions | None = None,
-    ) -> None:
-        self.store = store
-        self.codec = codec
+    def __init__(self, saver: SessionSaver, config: SessionConfig) -> None:
+        self.saver = saver
         self.config = config
-        self.clock = clock
-        self.policy = ExpiryPolicy.from_config(config)
-        self.saver = SessionSaver(
-            store,
-            codec,
-            self.policy,
-            clock,
-            create_table=config.create_table,
-            user_key=config.user_key,
-            users=users,
-        )
+        self.policy = saver.policy
+        self.clock = saver.clock
         # Saves in flight, by ID hash: the next request of that session waits for its save.
         self._pending_saves: dict[str, asyncio.Future[None]] = {}
         self._saves: set[asyncio.Future[None]] = set()
@@ -122,15 +100,9 @@ class ServerSessionInterface(SessionInterface):
             await asyncio.wait([pending])
         try:
             opened = await self.saver.load(cookie, id_hash)
-        except TableMissing as error:
-            logger.error("session %s cannot be loaded: %s", log_id(id_hash), error)
-            return await self.make_null_session(app)
-        except STORE_ERRORS as error:
-            logger.error(
-                "session store unavailable while loading session %s: %s",
-                log_id(id_hash),
-                describe_error(error),
-            )
+        except StoreError as error:
+            what = "cannot be loaded" if isinstance(error, TableMissing) else "was not loaded"
+            logger.error("session %s %s: %s", log_id(id_hash), what, _failure(error))
             return await self.make_null_session(app)
         if opened is None:
             return self.session_class(persist=self.persist, client=client)
@@ -165,19 +137,21 @@ class ServerSessionInterface(SessionInterface):
         if response is not None and session.read_by_app:
             _vary_on_cookie(response)
         try:
-            plaintext = self.saver.plan(
+            decision = self.saver.decide(
                 session.loaded,
                 session.contents(),
                 modified=session.modified,
                 regenerate=session.regenerate_requested,
+                can_send_cookie=response is not None,
+                client=session.client,
             )
         except _CONTENT_ERRORS:
             session.mark_unstorable()
             raise
-        if plaintext is False:
+        if not decision.writes:
             # The common read-only request: no statement, so no task either.
-            if response is not None and self._cookie_action(app, session, None) == "set":
-                self._set_cookie(app, session, response)
+            if response is not None:
+                self._send_cookie(app, session, response, decision.result)
             return
         # A client that disconnects cancels the request task (always so for websockets,
         # whose save runs after the handler); the write must finish regardless, and the
@@ -187,8 +161,8 @@ class ServerSessionInterface(SessionInterface):
         # request's task, so the drivers' connect and pool time-outs would cancel the
         # request instead of the write.
         loaded = session.loaded
-        writing = self._save_and_send(app, session, response, plaintext)
-        if self.store.writes_inline:
+        writing = self._save_and_send(app, session, response, decision)
+        if self.saver.store.writes_inline:
             save = start_eagerly(writing)
             if save is None:
                 return
@@ -207,30 +181,42 @@ class ServerSessionInterface(SessionInterface):
         app: Quart,
         session: ServerSession,
         response: AnyResponse | None,
-        plaintext: bytes | None,
+        decision: SaveDecision,
     ) -> None:
-        permanence_changed = session.permanence_changed  # before apply_save resets it
+        permanence_changed = session.permanence_changed  # before the save resets it
         try:
-            outcome = await self.saver.save(
-                session.loaded,
-                session.contents(),
-                regenerate=session.regenerate_requested,
-                can_send_cookie=response is not None,
-                plaintext=plaintext,
-                client=session.client,
-            )
-        except SAVE_FAILURES as error:
-            _log_save_failure(error)
+            outcome = await self._carry_out(session, decision)
+        except SAVE_FAILURES:
             if response is not None:
                 _replace_with_unavailable(response)
             return
+        if response is not None:
+            self._send_cookie(app, session, response, outcome.result, permanence_changed)
+
+    async def _carry_out(self, session: ServerSession, decision: SaveDecision) -> SaveOutcome:
+        """Carry ``decision`` out and make ``session`` take on what it did. A failure of
+        the store is logged here and raised (one of ``SAVE_FAILURES``)."""
+        try:
+            outcome = await self.saver.carry_out(decision)
+        except SAVE_FAILURES as error:
+            _log_save_failure(error)
+            raise
         except _CONTENT_ERRORS:
             session.mark_unstorable()
             raise
         session.apply_save(outcome)
-        if response is None:
-            return
-        action = self._cookie_action(app, session, outcome.result, permanence_changed)
+        return outcome
+
+    def _send_cookie(
+        self,
+        app: Quart,
+        session: ServerSession,
+        response: AnyResponse,
+        result: SaveResult,
+        permanence_changed: bool = False,
+    ) -> None:
+        """Set, delete or leave the cookie after a save that had ``result``."""
+        action = self._cookie_action(app, session, result, permanence_changed)
         if action == "set":
             self._set_cookie(app, session, response)
         elif action == "delete":
@@ -240,17 +226,15 @@ class ServerSessionInterface(SessionInterface):
         self,
         app: Quart,
         session: ServerSession,
-        result: SaveResult | None,
+        result: SaveResult,
         permanence_changed: bool = False,
     ) -> CookieAction:
-        """What the response does with the cookie after a save that had ``result``
-        (``None``: nothing needed writing)."""
-        if result is SaveResult.DELETED:
+        if result is SaveResult.ENDED:
             return "delete"
-        if result in (SaveResult.GONE, SaveResult.NOT_STORED) or session.loaded is None:
-            # GONE: logged out, regenerated by a login, or expired and pruned while this
-            # request ran; leave the cookie alone (a login running at the same time may
-            # just have set a new one; a logout deleted it itself).
+        if result is SaveResult.NOT_STORED or session.loaded is None:
+            # Logged out, renewed by a login, or expired while this request ran: leave
+            # the cookie alone (a login running at the same time may just have set a new
+            # one; a logout deleted it itself).
             return "keep"
         if type(self).should_set_cookie is not SessionInterface.should_set_cookie:
             return "set" if self.should_set_cookie(app, session) else "keep"
@@ -258,7 +242,7 @@ class ServerSessionInterface(SessionInterface):
         # permanent session while SESSION_REFRESH_EACH_REQUEST is on (a sliding expiry);
         # but a browser-session cookie whose ID did not change is not sent again: it
         # would carry nothing new, and costs a Set-Cookie on every write.
-        if result is SaveResult.CREATED or permanence_changed:
+        if result is SaveResult.ISSUED or permanence_changed:
             return "set"
         if session.permanent and (session.modified or app.config["SESSION_REFRESH_EACH_REQUEST"]):
             return "set"
@@ -275,18 +259,19 @@ class ServerSessionInterface(SessionInterface):
                 "only a stored session can be saved early; a new one is stored with the "
                 "response that sends its cookie"
             )
+        decision = self.saver.decide(
+            session.loaded,
+            session.contents(),
+            regenerate=session.regenerate_requested,
+            can_send_cookie=False,
+            client=session.client,
+        )
+        if not decision.writes:
+            return
         try:
-            outcome = await self.saver.save(
-                session.loaded,
-                session.contents(),
-                regenerate=session.regenerate_requested,
-                can_send_cookie=False,
-                client=session.client,
-            )
+            await self._carry_out(session, decision)
         except SAVE_FAILURES as error:
-            _log_save_failure(error)
             raise SessionStoreUnavailable() from error
-        session.apply_save(outcome)
 
     async def wait_for_saves(self) -> None:
         """Wait until every save in flight has finished (called before shutting down)."""
@@ -360,14 +345,17 @@ def _replace_with_unavailable(response: AnyResponse) -> None:
     error = SessionStoreUnavailable()
     response.status_code = error.code or 503
     response.headers["Content-Type"] = "text/plain; charset=utf-8"
-    response.headers["Retry-After"] = "5"
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     response.set_data(error.description or "")
 
 
 def _log_save_failure(error: BaseException) -> None:
     if isinstance(error, SaveConflict):
         logger.error("session save abandoned: %s", error)
-    elif isinstance(error, TableMissing):
-        logger.error("session not saved: %s", error)
     else:
-        logger.error("session store unavailable while saving: %s", describe_error(error))
+        logger.error("session not saved: %s", _failure(error))
+
+
+def _failure(error: BaseException) -> str:
+    # A missing table says so itself; anything else is the store being unavailable.
+    return str(error) if isinstance(error, TableMissing) else f"session store unavailable: {error}"

@@ -24,8 +24,8 @@ from quart.cli import ScriptInfo, pass_script_info
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from .cli_app import load_parts
 from .config import SessionConfig
-from .errors import ConfigurationError
 from .stores.connections import effective_connect_args
 
 if TYPE_CHECKING:
@@ -208,17 +208,15 @@ def _run(info: ScriptInfo, work: Callable[[Config], None]) -> SessionConfig:
 
 
 def _settings(info: ScriptInfo) -> SessionConfig:
-    try:
-        app = info.load_app()
-    except ConfigurationError as error:
-        raise click.ClickException(f"quartsess is misconfigured: {error}") from None
-    extension = app.extensions.get("quartsess")
-    if extension is None:
+    from .stores.sql import SqlStore
+
+    parts = load_parts(info)
+    if not isinstance(parts.store, SqlStore):
         raise click.ClickException(
-            "quartsess is not set up on this app: call Session(app) when creating it"
+            f"the sessions are kept in {parts.store.describe()}, which has no migrations: "
+            "quart sessions migrate is for the SQL store"
         )
-    settings: SessionConfig = extension.interface_for(app).config
-    return settings
+    return parts.config
 
 
 def _make_sqlite_folder(settings: SessionConfig) -> None:

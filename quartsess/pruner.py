@@ -9,27 +9,21 @@ import time
 from collections.abc import Callable
 
 from .clock import Clock
-from .errors import describe_error
-from .stores.base import STORE_ERRORS, MaintainedStore
+from .errors import StoreError
+from .lifecycle import Lifecycle
 
 logger = logging.getLogger("quartsess")
 
-# Rows per DELETE. On SQLite a batch holds the database's single write lock, which
-# request writes of every worker then wait for, so it is kept short (~5 ms); server
-# databases pay a commit per batch, so larger batches go faster.
-DEFAULT_BATCH_SIZE = {"sqlite": 50}
-DEFAULT_SERVER_BATCH_SIZE = 500
-DEFAULT_REST = {"sqlite": 2.0}
-DEFAULT_SERVER_REST = 1.0
 JITTER = 0.2
 LOCK_NAME = "quartsess-prune"
 LOCK_RETRY_SECONDS = 0.5
 
 
 class Pruner:
-    """Deletes the rows of ``store`` whose deadline has passed, ``batch_size`` at a time.
+    """Deletes the rows whose deadline has passed, ``batch_size`` at a time, through
+    ``lifecycle`` (which reports each batch).
 
-    Each batch is one statement (``delete_expired``), and after each
+    Each batch is one statement (the store's ``delete_expired``), and after each
     the pruner rests ``rest`` times as long as the batch took (at least ``pause``
     seconds), so requests keep being served at their usual latency during a long prune:
     on SQLite, whose one write lock request writes need too, the pruner holds it at
@@ -44,7 +38,7 @@ class Pruner:
 
     def __init__(
         self,
-        store: MaintainedStore,
+        lifecycle: Lifecycle,
         *,
         clock: Clock,
         interval: float,
@@ -53,17 +47,14 @@ class Pruner:
         rest: float | None = None,
         rng: Callable[[float, float], float] | None = None,
     ) -> None:
+        store = lifecycle.store
         if batch_size is None:
-            batch_size = DEFAULT_BATCH_SIZE.get(store.backend, DEFAULT_SERVER_BATCH_SIZE)
+            batch_size = store.prune_batch_size
         if rest is None:
-            # SQLite: every deleted row dirties a random primary-key page, and the WAL
-            # checkpoints that follow hold up request writes. Measured (bench/prune.py):
-            # 200-row batches resting once their time pushed request p99 to ~0.5 s while
-            # pruning a million rows; on 300,000 rows, 50-row batches resting twice their
-            # time kept it at 18 ms (3 ms without a prune), at ~4,100 rows/s.
-            rest = DEFAULT_REST.get(store.backend, DEFAULT_SERVER_REST)
+            rest = store.prune_rest
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
+        self.lifecycle = lifecycle
         self.store = store
         self.clock = clock
         self.interval = interval
@@ -102,7 +93,7 @@ class Pruner:
         total = 0
         while True:
             started = time.monotonic()
-            deleted = await self.store.delete_expired(now, self.batch_size)
+            deleted = await self.lifecycle.prune(now, self.batch_size)
             total += deleted
             if deleted < self.batch_size or self._stopping:
                 return total
@@ -183,11 +174,11 @@ class Pruner:
             if not run.cancelled():
                 run.exception()  # retrieved: the app is stopping, nothing to report
             raise
-        except STORE_ERRORS as error:
+        except StoreError as error:
             logger.error(
                 "pruning expired sessions failed; retrying in about %.0f s: %s",
                 self.interval,
-                describe_error(error),
+                error,
             )
             return None
         except Exception:

@@ -1,9 +1,10 @@
-"""The save protocol, apart from Quart: load a session's row, decide whether a request's
-session needs a write, write it (versioned, merging lost races, retiring a regenerated
-ID), and say what happened so the caller can set or delete the cookie.
+"""The save protocol, apart from Quart: load a session's row; decide once, without
+awaiting anything, what a request's session needs (a :class:`SaveDecision`); carry that
+out (versioned, merging lost races, retiring a renewed ID); report the lifecycle
+transition it made; say what happened so the caller can set or delete the cookie.
 
-It knows the store contract and the codec; it never sees a request, a response or a
-cookie setting.
+It knows the store contract, the codec and the lifecycle; it never sees a request, a
+response or a cookie setting.
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .errors import InvalidPayload, SaveConflict
-from .ids import hash_session_id, log_id, new_session_id
-from .stores.base import STORE_ERRORS, SessionStore, StoredSession
-from .users import Client, UserSessions, new_handle, user_of
+from .errors import InvalidPayload, SaveConflict, StoreError
+from .ids import hash_session_id, log_id, new_handle, new_session_id
+from .owners import Client, user_of
+from .stores.base import StoredSession
 
 if TYPE_CHECKING:
     from .clock import Clock
     from .codec import PayloadCodec
-    from .config import SessionConfig
+    from .expiry import ExpiryPolicy
+    from .lifecycle import Lifecycle
+    from .owners import OwnerKeys
+    from .stores.base import SessionStore
+    from .users import UserSessions
 
 logger = logging.getLogger("quartsess")
 
@@ -34,7 +39,7 @@ MAX_SAVE_ATTEMPTS = 64
 _SEALED_CLIENTS_KEPT = 4096
 
 #: A save that fails with one of these answers 503 and leaves the stored row as it was.
-SAVE_FAILURES: tuple[type[BaseException], ...] = (*STORE_ERRORS, SaveConflict)
+SAVE_FAILURES: tuple[type[BaseException], ...] = (StoreError, SaveConflict)
 
 # Values that cannot change without an assignment (which sets ``modified``).
 _IMMUTABLE_SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -43,7 +48,7 @@ _IMMUTABLE_SCALARS = frozenset({str, int, float, bool, type(None)})
 @dataclass(frozen=True, slots=True)
 class Loaded:
     """What a session knows of its row: the cookie ID, the row as last read or written,
-    and the serialized content the row holds."""
+    the serialized content the row holds, and the user it belongs to."""
 
     sid: str
     record: StoredSession
@@ -52,15 +57,49 @@ class Loaded:
 
 
 class SaveResult(Enum):
-    """What a save did, which decides what happens to the cookie."""
+    """What a save did, as the visitor sees it; it decides what the cookie does."""
 
-    UNCHANGED = "unchanged"  # nothing written
-    CREATED = "created"  # stored under a new ID: the cookie must be set
-    UPDATED = "updated"  # new content written to the row
-    TOUCHED = "touched"  # only the idle deadline extended
-    DELETED = "deleted"  # the session was emptied and its row deleted: delete the cookie
-    GONE = "gone"  # the row went meanwhile (logout, login, prune): leave the cookie alone
-    NOT_STORED = "not stored"  # a new session that no cookie can be sent for
+    #: The session keeps its ID (nothing written, or its content or deadline written).
+    KEPT = "kept"
+    #: Stored under a new ID (a new session, or a renewal): the cookie must be set.
+    ISSUED = "issued"
+    #: The session was emptied and its row deleted (a logout): delete the cookie.
+    ENDED = "ended"
+    #: Nothing stored: the row went meanwhile (a logout, a login or an expiry in another
+    #: request), or a new session that no cookie can carry. Leave the cookie alone.
+    NOT_STORED = "not stored"
+
+
+class Write(Enum):
+    """The write a save decided on."""
+
+    NOTHING = "nothing"
+    END = "end"  # delete the row: a logout
+    ISSUE = "issue"  # store under a new ID, retiring the loaded row if there is one
+    UPDATE = "update"  # write the new content to the row
+    TOUCH = "touch"  # only extend the idle deadline
+
+
+class SaveDecision(NamedTuple):
+    """What a save will do, decided before anything is awaited: ``write`` to the row
+    ``loaded`` (with the ``data``, serialized as ``plaintext``, and the ``client`` to
+    record), and for a decision to write nothing, its result (the session keeps its row)."""
+
+    write: Write
+    loaded: Loaded | None
+    data: dict[str, Any] | None = None
+    plaintext: bytes = b""
+    client: Client | None = None
+    result: SaveResult = SaveResult.KEPT
+
+    @property
+    def writes(self) -> bool:
+        return self.write is not Write.NOTHING
+
+
+#: The decisions to write nothing (the common read-only request): made once, not per save.
+NOTHING_TO_WRITE = SaveDecision(Write.NOTHING, None)
+NOTHING_STORED = SaveDecision(Write.NOTHING, None, result=SaveResult.NOT_STORED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,83 +112,21 @@ class SaveOutcome:
     merged: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ExpiryPolicy:
-    """When a session ends: ``idle_timeout`` seconds after it was last touched
-    (``anonymous_idle_timeout`` for a session bound to no user), and
-    ``absolute_timeout`` seconds after it was created (``None``: no such limit). The
-    idle deadline is written at most once per ``touch_interval`` seconds."""
-
-    idle_timeout: int
-    absolute_timeout: int | None
-    touch_interval: int
-    anonymous_idle_timeout: int | None = None  # None: the idle timeout
-
-    @classmethod
-    def from_config(cls, config: SessionConfig) -> ExpiryPolicy:
-        return cls(
-            config.idle_timeout,
-            config.absolute_timeout,
-            config.touch_interval,
-            config.anonymous_idle_timeout,
-        )
-
-    def idle_for(self, bound: bool) -> int:
-        if bound or self.anonymous_idle_timeout is None:
-            return self.idle_timeout
-        return self.anonymous_idle_timeout
-
-    def expiry(self, record: StoredSession) -> int:
-        """When ``record`` ends under the current settings (which may have been
-        shortened since it was written)."""
-        end = min(record.expires_at, record.touched_at + self.idle_for(bool(record.user_hash)))
-        if self.absolute_timeout is not None:
-            end = min(end, record.created_at + self.absolute_timeout)
-        return end
-
-    def is_live(self, record: StoredSession, now: int) -> bool:
-        """Whether ``record`` is live at ``now``."""
-        return now < self.expiry(record)
-
-    def deadline(self, now: int, created_at: int, *, bound: bool = True) -> int:
-        """The ``expires_at`` to write at ``now`` for a session created at
-        ``created_at`` (``bound``: to a user)."""
-        deadline = now + self.idle_for(bound)
-        if self.absolute_timeout is not None:
-            deadline = min(deadline, created_at + self.absolute_timeout)
-        return deadline
-
-    def touch_due(self, record: StoredSession, now: int) -> bool:
-        return now - record.touched_at >= self.touch_interval
-
-    def moved_deadline(self, record: StoredSession, now: int, bound: bool) -> tuple[int, int]:
-        """``touched_at`` and ``expires_at`` for a content write of ``record`` at ``now``
-        (``bound``: to a user, after the write): moved as a touch moves them (at most once
-        per ``touch_interval``), so most writes leave the indexed deadline alone. An
-        earlier deadline, or one under another idle timeout (the session was bound to a
-        user or unbound without a new ID), is written at once."""
-        deadline = self.deadline(now, record.created_at, bound=bound)
-        if (
-            self.touch_due(record, now)
-            or deadline < record.expires_at
-            or self.idle_for(bound) != self.idle_for(bool(record.user_hash))
-        ):
-            return now, deadline
-        return record.touched_at, record.expires_at
-
-
 class SessionSaver:
     """Loads and saves sessions in ``store``, sealing payloads with ``codec``.
 
     ``user_key`` names the session key that binds a session to a user (``None``: no
     binding); a change of the user at save time renews the ID as ``regenerate`` does.
-    ``users`` caps a user's sessions when one becomes bound (``SESSION_MAX_PER_USER``)."""
+    ``users`` caps a user's sessions when one becomes bound (``SESSION_MAX_PER_USER``).
+    Every session that starts, changes user or ends is reported to ``lifecycle``."""
 
     def __init__(
         self,
         store: SessionStore,
         codec: PayloadCodec,
+        owners: OwnerKeys,
         policy: ExpiryPolicy,
+        lifecycle: Lifecycle,
         clock: Clock,
         *,
         create_table: bool = True,
@@ -158,7 +135,9 @@ class SessionSaver:
     ) -> None:
         self.store = store
         self.codec = codec
+        self.owners = owners
         self.policy = policy
+        self.lifecycle = lifecycle
         self.clock = clock
         self.create_table = create_table
         self.user_key = user_key
@@ -174,14 +153,17 @@ class SessionSaver:
         self, sid: str, id_hash: str | None = None
     ) -> tuple[Loaded, dict[str, Any]] | None:
         """The live session named by ``sid`` and its data, or ``None`` if it is unknown,
-        expired or does not open (logged as a security warning). Store errors propagate."""
+        expired (then ended) or does not open (logged as a security warning). Store
+        errors propagate."""
         id_hash = id_hash or hash_session_id(sid)
         await self.store.prepare(create_table=self.create_table)
         record = await self.store.load(id_hash)
-        if record is None or not self.policy.is_live(record, int(self.clock())):
-            if record is not None:
-                self.codec.forget(record.payload)
-            logger.info("session %s is unknown or expired; a new session starts", log_id(id_hash))
+        if record is None:
+            logger.info("session %s is unknown; a new session starts", log_id(id_hash))
+            return None
+        if not self.policy.is_live(record, int(self.clock())):
+            logger.info("session %s has expired; a new session starts", log_id(id_hash))
+            await self._end_expired(record)
             return None
         try:
             data, plaintext = self.codec.open(id_hash, record.payload)
@@ -194,6 +176,13 @@ class SessionSaver:
             return None
         return Loaded(sid, record, plaintext, user_of(data, self.user_key)), data
 
+    async def _end_expired(self, record: StoredSession) -> None:
+        try:
+            await self.lifecycle.end_expired(record)
+        except StoreError as error:
+            # The visitor gets a new session either way; the pruner deletes the row later.
+            logger.warning("an expired session's row was left to the pruner: %s", error)
+
     # -- decide -------------------------------------------------------------------------
 
     def user_changed(self, loaded: Loaded | None, data: Mapping[str, Any]) -> bool:
@@ -201,33 +190,86 @@ class SessionSaver:
         (set, removed or replaced): the save then moves the session to a new ID."""
         return loaded is not None and user_of(data, self.user_key) != loaded.user
 
-    def plan(
+    def decide(
         self,
         loaded: Loaded | None,
-        data: Mapping[str, Any],
+        data: dict[str, Any],
         *,
-        modified: bool,
-        regenerate: bool,
-    ) -> bytes | Literal[False] | None:
-        """Whether :meth:`save` would write, decided without awaiting anything: False
-        when it would not; otherwise the serialized content, or None when not computed
-        here. Lets the common read-only request finish without a task."""
-        if loaded is None:
-            return False if not data else None
-        if (
-            regenerate
-            or not data
-            or self.policy.touch_due(loaded.record, int(self.clock()))
-            or self.user_changed(loaded, data)
-        ):
-            return None
-        if not modified and all(type(value) in _IMMUTABLE_SCALARS for value in data.values()):
-            # Nothing was assigned or deleted, and no value can change in place.
-            return False
-        plaintext = self.codec.serialize(dict(data))
-        return False if plaintext == loaded.plaintext else plaintext
+        modified: bool = True,
+        regenerate: bool = False,
+        can_send_cookie: bool = True,
+        client: Client | None = None,
+    ) -> SaveDecision:
+        """What saving ``data`` for a session that loaded ``loaded`` (``None``: a new
+        one) must write, decided without awaiting anything.
 
-    # -- write --------------------------------------------------------------------------
+        Writes only if the content changed, or to extend the idle deadline once per touch
+        interval. ``regenerate`` (or a change of the user) moves the data to a new ID and
+        deletes the old row. Without ``can_send_cookie`` (after a websocket) a new
+        session is not stored and a new ID is not given. ``client`` is recorded, sealed,
+        whenever the row of a session bound to a user is written. Raises
+        :class:`~quartsess.SessionTooLarge` or
+        :class:`~quartsess.SessionNotSerializable` for content that cannot be stored."""
+        if not data:
+            return NOTHING_TO_WRITE if loaded is None else SaveDecision(Write.END, loaded)
+        touch_due = loaded is not None and self.policy.touch_due(loaded.record, int(self.clock()))
+        renew = regenerate or self.user_changed(loaded, data)
+        if loaded is not None and not (renew or touch_due):
+            # The common request of a stored session: it writes only if its content changed.
+            if not modified and all(type(value) in _IMMUTABLE_SCALARS for value in data.values()):
+                return NOTHING_TO_WRITE  # nothing could have changed
+            plaintext = self.codec.serialize(data)
+            if plaintext == loaded.plaintext:
+                return NOTHING_TO_WRITE
+            self.codec.check_size(plaintext)
+            return SaveDecision(Write.UPDATE, loaded, data, plaintext, client)
+        plaintext = self.codec.serialize(data)
+        self.codec.check_size(plaintext)  # before anything is written or retired
+        if not can_send_cookie and (loaded is None or renew):
+            if loaded is None:
+                logger.warning(
+                    "a new session was changed in a websocket handler; it is not stored "
+                    "because no cookie can be sent over a websocket"
+                )
+                return NOTHING_STORED
+            logger.warning(
+                "session.regenerate() (or a change of the user) is ignored in a websocket "
+                "handler (no cookie can be sent); the changes are stored under the current ID"
+            )
+            renew = False
+        if loaded is None or renew:
+            return SaveDecision(Write.ISSUE, loaded, data, plaintext, client)
+        record = loaded.record
+        if (
+            plaintext != loaded.plaintext
+            or record.handle is None
+            or (loaded.user is not None and record.user_hash is None)
+        ):
+            # Changed content; or a row written before user sessions existed, which the
+            # write gives a handle and a user so it can be listed and revoked.
+            return SaveDecision(Write.UPDATE, loaded, data, plaintext, client)
+        if touch_due:
+            return SaveDecision(Write.TOUCH, loaded, data, plaintext, client)
+        return NOTHING_TO_WRITE
+
+    # -- act ----------------------------------------------------------------------------
+
+    async def carry_out(self, decision: SaveDecision) -> SaveOutcome:
+        """Write what ``decision`` says. Raises one of :data:`SAVE_FAILURES`."""
+        loaded, data = decision.loaded, decision.data or {}
+        now = int(self.clock())
+        if decision.write is Write.NOTHING:  # pragma: no cover - callers write nothing
+            raise ValueError("a decision to write nothing has nothing to carry out")
+        if decision.write is Write.ISSUE:
+            return await self._issue(loaded, data, decision.plaintext, now, decision.client)
+        if loaded is None:  # pragma: no cover - decide() never asks this of a new session
+            raise ValueError(f"{decision.write.value} needs a stored session")
+        if decision.write is Write.END:
+            await self.lifecycle.end(loaded.record, "logout", user=loaded.user)
+            return SaveOutcome(SaveResult.ENDED, None)
+        if decision.write is Write.UPDATE:
+            return await self._update(loaded, data, decision.plaintext, now, decision.client)
+        return await self._touch(loaded, now, decision.client)
 
     async def save(
         self,
@@ -236,86 +278,34 @@ class SessionSaver:
         *,
         regenerate: bool = False,
         can_send_cookie: bool = True,
-        plaintext: bytes | None = None,
         client: Client | None = None,
     ) -> SaveOutcome:
-        """Store ``data`` for a session that loaded ``loaded`` (``None``: a new one).
+        """:meth:`decide`, then :meth:`carry_out`: save ``data`` as a request would."""
+        decision = self.decide(
+            loaded,
+            data,
+            regenerate=regenerate,
+            can_send_cookie=can_send_cookie,
+            client=client,
+        )
+        if not decision.writes:
+            kept = decision.result is SaveResult.KEPT
+            return SaveOutcome(decision.result, loaded if kept else None)
+        return await self.carry_out(decision)
 
-        Writes only if the content changed, or to extend the idle deadline once per
-        touch interval. ``regenerate`` (or a change of the user) moves the data to a new
-        ID and deletes the old row. Without ``can_send_cookie`` (after a websocket) a new
-        session is not stored and a new ID is not given. ``client`` is recorded, sealed,
-        whenever the row of a session bound to a user is written; other writes clear
-        it. Raises one of :data:`SAVE_FAILURES`."""
-        now = int(self.clock())
-        if not data:
-            if loaded is None:
-                return SaveOutcome(SaveResult.UNCHANGED, None)
-            await self.store.delete(loaded.record.id_hash)
-            self.codec.forget(loaded.record.payload)
-            return SaveOutcome(SaveResult.DELETED, None)
-        if plaintext is None:
-            plaintext = self.codec.serialize(data)
-        regenerate = regenerate or self.user_changed(loaded, data)
-        if not can_send_cookie and (loaded is None or regenerate):
-            if loaded is None:
-                logger.warning(
-                    "a new session was changed in a websocket handler; it is not stored "
-                    "because no cookie can be sent over a websocket"
-                )
-                return SaveOutcome(SaveResult.NOT_STORED, None)
-            logger.warning(
-                "session.regenerate() (or a change of the user) is ignored in a websocket "
-                "handler (no cookie can be sent); the changes are stored under the current ID"
-            )
-            regenerate = False
-        if loaded is None or regenerate:
-            return await self._store_new(loaded, data, plaintext, now, client)
-
+    async def _touch(self, loaded: Loaded, now: int, client: Client | None) -> SaveOutcome:
         record = loaded.record
-        if plaintext != loaded.plaintext:
-            return await self._write_changes(loaded, data, plaintext, now, client)
-        if not self.policy.touch_due(record, now):
-            return SaveOutcome(SaveResult.UNCHANGED, loaded)
-        if record.handle is None or (loaded.user is not None and record.user_hash is None):
-            # A row written before user sessions existed: the touch fills in its handle
-            # and user, so the user's sessions can be listed and revoked.
-            return await self._write_changes(loaded, data, plaintext, now, client)
-        expires = self.policy.deadline(now, record.created_at, bound=loaded.user is not None)
-        sealed = self._seal_client(record.id_hash, client, bound=loaded.user is not None)
+        bound = loaded.user is not None
+        expires = self.policy.deadline(now, record.created_at, bound=bound)
+        sealed = self._seal_client(record.id_hash, client, bound=bound)
         if not await self.store.touch(
             record.id_hash, touched_at=now, expires_at=expires, client=sealed
         ):
-            return SaveOutcome(SaveResult.GONE, None)
+            return SaveOutcome(SaveResult.NOT_STORED, None)
         touched = replace(record, touched_at=now, expires_at=expires, client=sealed)
-        return SaveOutcome(SaveResult.TOUCHED, replace(loaded, record=touched))
+        return SaveOutcome(SaveResult.KEPT, replace(loaded, record=touched))
 
-    def _seal_client(self, id_hash: str, client: Client | None, *, bound: bool) -> bytes | None:
-        """The client column a write stores: ``client`` sealed, or ``None`` (which clears
-        what an earlier write recorded) when recording is off or the row has no user.
-        Only a user's sessions are ever listed, so an anonymous visitor's User-Agent and
-        address would be kept, and paid for with an encryption per new session, for no one."""
-        if client is None or not bound:
-            return None
-        key = id_hash + repr((client.user_agent, client.ip_address))  # one unambiguous str
-        sealed = self._sealed_clients.get(key)
-        if sealed is None:
-            # Encrypting costs more than the rest of a write; the same browser writing
-            # the same row again records the same thing, so its ciphertext is reused.
-            sealed = self.codec.seal_client(id_hash, client.user_agent, client.ip_address)
-            if len(self._sealed_clients) >= _SEALED_CLIENTS_KEPT:
-                self._sealed_clients.pop(next(iter(self._sealed_clients)))
-            self._sealed_clients[key] = sealed
-        return sealed
-
-    def _user_hash(self, user: str | None, loaded: Loaded | None = None) -> str | None:
-        if user is None:
-            return None
-        if loaded is not None and loaded.user == user and loaded.record.user_hash:
-            return loaded.record.user_hash  # the same user: no new HMAC
-        return self.codec.user_hash(user)
-
-    async def _store_new(
+    async def _issue(
         self,
         previous: Loaded | None,
         data: dict[str, Any],
@@ -330,14 +320,14 @@ class SessionSaver:
         created_at = now
         merged: dict[str, Any] | None = None
         handle = new_handle()
+        previous_user: str | None = None
         if previous is not None:
-            self.codec.check_size(plaintext)  # before the old row goes
             retired = await self._retire(previous, data, now)
             if retired is None:
-                # Logged out (or gone) while this request ran: a regenerate must not
-                # bring it back under a new ID.
-                return SaveOutcome(SaveResult.GONE, None)
-            current, merged = retired
+                # Logged out (or gone) while this request ran: a renewal must not bring
+                # it back under a new ID.
+                return SaveOutcome(SaveResult.NOT_STORED, None)
+            current, previous_user, merged = retired
             self._forget_replaced(previous.record, current)  # that row is gone
             if merged is not None:
                 data = merged
@@ -358,34 +348,42 @@ class SessionSaver:
             client=self._seal_client(id_hash, client, bound=user is not None),
         )
         await self.store.insert(record)
-        newly_bound = user is not None and (previous is None or previous.user != user)
-        if newly_bound and self.users is not None and user is not None:
+        if previous is None:
+            await self.lifecycle.created(handle, user)
+        elif user != previous_user:
+            await self.lifecycle.user_changed(handle, user, previous_user)
+        if (
+            user is not None
+            and self.users is not None
+            and (previous is None or previous_user != user)
+        ):
             await self.users.enforce_limit(user, keep_handle=handle)
-        return SaveOutcome(SaveResult.CREATED, Loaded(sid, record, plaintext, user), merged)
+        return SaveOutcome(SaveResult.ISSUED, Loaded(sid, record, plaintext, user), merged)
 
     async def _retire(
         self, previous: Loaded, ours: dict[str, Any], now: int
-    ) -> tuple[StoredSession, dict[str, Any] | None] | None:
-        """Delete the row being regenerated if nobody changed it meanwhile; otherwise
-        merge its newer content with ours first. Returns the row deleted and the merged
-        content (``None``: ours as it was), or ``None`` if the row is gone.
+    ) -> tuple[StoredSession, str | None, dict[str, Any] | None] | None:
+        """Delete the row being renewed if nobody changed it meanwhile; otherwise merge
+        its newer content with ours first. Returns the row deleted, its user, and the
+        merged content (``None``: ours as it was), or ``None`` if the row is gone.
 
         The old ID goes first: if we stop half-way the user is logged out, never left
         with a second live ID for the same data."""
         base = self._content_of(previous)
-        current = previous.record
+        current, current_user = previous.record, previous.user
         merged: dict[str, Any] | None = None
         for _ in range(MAX_SAVE_ATTEMPTS):
             if await self.store.delete_version(current.id_hash, current.version):
-                return current, merged
+                return current, current_user, merged
             newer = await self._reload(current.id_hash, now)
             if newer is None:
                 return None
             current, theirs = newer
+            current_user = user_of(theirs, self.user_key)
             merged = merge_changes(base, ours, theirs)
         raise SaveConflict(MAX_SAVE_ATTEMPTS, log_id(current.id_hash))
 
-    async def _write_changes(
+    async def _update(
         self,
         loaded: Loaded,
         data: dict[str, Any],
@@ -395,7 +393,7 @@ class SessionSaver:
     ) -> SaveOutcome:
         """Update the row; on a lost race, apply this request's changes (relative to what
         it loaded) onto the newer row, and retry."""
-        current = loaded.record
+        current, current_user = loaded.record, loaded.user
         base: dict[str, Any] | None = None
         merged: dict[str, Any] | None = None
         handle = current.handle or new_handle()  # rows written before handles existed
@@ -414,24 +412,55 @@ class SessionSaver:
             )
             if await self.store.update(written, previous=current):
                 self._forget_replaced(loaded.record, current)
+                if user != current_user:
+                    await self.lifecycle.user_changed(handle, user, current_user)
                 return SaveOutcome(
-                    SaveResult.UPDATED, Loaded(loaded.sid, written, plaintext, user), merged
+                    SaveResult.KEPT, Loaded(loaded.sid, written, plaintext, user), merged
                 )
             newer = await self._reload(current.id_hash, now)
             if newer is None:
-                return SaveOutcome(SaveResult.GONE, None)
+                return SaveOutcome(SaveResult.NOT_STORED, None)
             current, theirs = newer
+            current_user = user_of(theirs, self.user_key)
             if base is None:
                 base = self._content_of(loaded)
             merged = merge_changes(base, data, theirs)
             if not merged:
-                if await self.store.delete_version(current.id_hash, current.version):
-                    self._forget_replaced(loaded.record, current)
-                    return SaveOutcome(SaveResult.GONE, None)
+                # Between them, the two requests removed every key: as a logout does.
+                if await self.lifecycle.end(
+                    current, "logout", user=current_user, only_this_version=True
+                ):
+                    self.codec.forget(loaded.record.payload)
+                    return SaveOutcome(SaveResult.ENDED, None)
                 continue  # yet another write landed: merge onto that one
             plaintext = self.codec.serialize(merged)
             logger.debug("session %s: merged a concurrent save", log_id(current.id_hash))
         raise SaveConflict(MAX_SAVE_ATTEMPTS, log_id(current.id_hash))
+
+    def _seal_client(self, id_hash: str, client: Client | None, *, bound: bool) -> bytes | None:
+        """The client column a write stores: ``client`` sealed, or ``None`` (which clears
+        what an earlier write recorded) when recording is off or the row has no user.
+        Only a user's sessions are ever listed, so an anonymous visitor's User-Agent and
+        address would be kept, and paid for with an encryption per new session, for no one."""
+        if client is None or not bound:
+            return None
+        key = id_hash + repr((client.user_agent, client.ip_address))  # one unambiguous str
+        sealed = self._sealed_clients.get(key)
+        if sealed is None:
+            # Encrypting costs more than the rest of a write; the same browser writing
+            # the same row again records the same thing, so its ciphertext is reused.
+            sealed = self.owners.seal_client(id_hash, client)
+            if len(self._sealed_clients) >= _SEALED_CLIENTS_KEPT:
+                self._sealed_clients.pop(next(iter(self._sealed_clients)))
+            self._sealed_clients[key] = sealed
+        return sealed
+
+    def _user_hash(self, user: str | None, loaded: Loaded | None = None) -> str | None:
+        if user is None:
+            return None
+        if loaded is not None and loaded.user == user and loaded.record.user_hash:
+            return loaded.record.user_hash  # the same user: no new HMAC
+        return self.owners.user_hash(user)
 
     def _forget_replaced(self, *rows: StoredSession) -> None:
         for row in rows:

@@ -10,8 +10,8 @@ from quart.sessions import SessionMixin
 from werkzeug.datastructures import CallbackDict
 
 from .errors import SessionStoreUnavailable
+from .owners import Client
 from .saving import Loaded, SaveOutcome
-from .users import Client
 
 Persist = Callable[["ServerSession"], Awaitable[None]]
 

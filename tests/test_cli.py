@@ -80,7 +80,8 @@ async def test_stats_counts_rows_expired_rows_and_bytes(
     assert re.search(rf"^payload bytes:\s+{sum(sizes)}$", result.output, re.M)
     assert re.search(rf"^largest payload bytes:\s+{max(sizes)}$", result.output, re.M)
     database = app.config["SESSION_DB_URL"]
-    assert re.search(rf"^database:\s+{re.escape(database)}$", result.output, re.M)
+    store = re.escape(f"table {app.config['SESSION_TABLE']!r} in {database}")
+    assert re.search(rf"^store:\s+{store}$", result.output, re.M)
 
 
 async def test_the_commands_name_the_database_with_its_password_masked(
@@ -194,7 +195,7 @@ async def test_rotate_keys_resumes_after_an_interruption(make_app: AppFactory) -
     after = make_app(SESSION_ENCRYPTION_KEYS=[new, old], **QUIET)
     async with after.test_app():
         # A first run that stopped after two rows.
-        store, codec = store_of(after), after.extensions["quartsess"].interface_for(after).codec
+        store, codec = store_of(after), after.extensions["quartsess"].parts_for(after).codec
         done = [replace(r, payload=codec.rotate(r.payload)) for r in await stored_rows(after)]
         assert await store.replace_payloads(done[:2]) == 2
     result = await invoke(after, "rotate-keys")
@@ -212,7 +213,7 @@ async def test_rotation_never_overwrites_a_concurrent_request(make_app: AppFacto
         await client.get("/put/k/1")
         [seen] = await stored_rows(app)  # what a rotation batch read
         await client.get("/put/k/7")  # a request writes before the batch is applied
-        codec = app.extensions["quartsess"].interface_for(app).codec
+        codec = app.extensions["quartsess"].parts_for(app).codec
         stale = [replace(seen, payload=codec.rotate(seen.payload))]
         assert await store_of(app).replace_payloads(stale) == 0
         assert await (await client.get("/get/k")).get_data(as_text=True) == "x" * 7
@@ -239,7 +240,8 @@ async def test_missing_table_is_a_clear_error(tmp_path: Path, make_app: AppFacto
 async def test_unreachable_database_server_is_a_clear_error(make_app: AppFactory) -> None:
     app = make_app(SESSION_DB_URL="postgresql+asyncpg://postgres@127.0.0.1:1/none")
     result = await invoke(app, "stats")
-    assert_clean_failure(result, "the session database postgresql+asyncpg://")
+    assert_clean_failure(result, "the session store (table ")
+    assert "in postgresql+asyncpg://postgres@127.0.0.1:1/none) failed: " in result.output
 
 
 async def test_bad_key_configuration_is_a_clear_error() -> None:

@@ -116,14 +116,14 @@ async def test_a_read_only_request_starts_no_save(make_app: AppFactory) -> None:
         client = test_app.test_client()
         await client.post("/set", json={"name": "ada", "cart": {"tea": 1}})
         saves = 0
-        original = interface.saver.save
+        original = interface.saver.carry_out
 
         async def counting(*args: Any, **kwargs: Any) -> Any:
             nonlocal saves
             saves += 1
             return await original(*args, **kwargs)
 
-        interface.saver.save = counting  # type: ignore[method-assign]
+        interface.saver.carry_out = counting  # type: ignore[method-assign]
         response = await client.get("/get/name")
         assert response.status_code == 200
         assert response.headers["Vary"] == "Cookie"

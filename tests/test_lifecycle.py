@@ -29,7 +29,7 @@ async def test_idle_timeout_is_enforced_on_read(make_app: AppFactory, clock: Fak
         clock.advance(601)
         response = await client.get("/get/user")
         assert await response.get_json() == {"value": None}
-        assert len(await stored_rows(app)) == 1  # left for the pruner; not adopted
+        assert await stored_rows(app) == []  # not adopted: ended, its row deleted
 
 
 async def test_absolute_timeout_ends_even_an_active_session(

@@ -12,6 +12,9 @@ from sqlalchemy import MetaData, func, select, text
 from sqlalchemy.engine import Connection, make_url
 
 from quartsess import Session
+from quartsess.codec import PayloadCodec
+from quartsess.keys import derive_fernet_key
+from quartsess.lifecycle import Lifecycle
 from quartsess.pruner import LOCK_NAME, Pruner
 from quartsess.schema import build_table
 from quartsess.stores.base import StoredSession
@@ -307,7 +310,8 @@ async def test_pruner_uses_the_injected_clock(db_url: str, table_name: str) -> N
     try:
         await store.prepare(create_table=True)
         await store.insert(StoredSession("b" * 64, b"x", 1, 0, 0, 1500))
-        pruner = Pruner(store, clock=clock, interval=0)
+        codec = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 16)
+        pruner = Pruner(Lifecycle(store, codec, None), clock=clock, interval=0)
         assert await pruner.prune() == 0
         clock.advance(500)
         assert await pruner.prune() == 1

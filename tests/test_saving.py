@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 
 from quartsess.codec import PayloadCodec
+from quartsess.expiry import ExpiryPolicy
 from quartsess.keys import derive_fernet_key
-from quartsess.saving import ExpiryPolicy, Loaded, SaveResult, SessionSaver, merge_changes
+from quartsess.lifecycle import Lifecycle
+from quartsess.owners import OwnerKeys
+from quartsess.saving import Loaded, SaveResult, SessionSaver, merge_changes
 from quartsess.stores.memory import MemoryStore
 from tests.conftest import FakeClock
 
@@ -51,16 +54,21 @@ def test_merge_changes(
     ]
 
 
-def make_saver(clock: FakeClock) -> tuple[SessionSaver, MemoryStore]:
+def make_saver(
+    clock: FakeClock, policy: ExpiryPolicy | None = None, user_key: str | None = None
+) -> tuple[SessionSaver, MemoryStore]:
     store = MemoryStore()
-    codec = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 16)
-    policy = ExpiryPolicy(idle_timeout=3600, absolute_timeout=None, touch_interval=60)
-    return SessionSaver(store, codec, policy, clock), store
+    keys = [derive_fernet_key("k" * 32)]
+    codec = PayloadCodec(keys, max_bytes=1 << 16)
+    policy = policy or ExpiryPolicy(idle_timeout=3600, absolute_timeout=None, touch_interval=60)
+    lifecycle = Lifecycle(store, codec, user_key)
+    saver = SessionSaver(store, codec, OwnerKeys(keys), policy, lifecycle, clock, user_key=user_key)
+    return saver, store
 
 
 async def stored(saver: SessionSaver, data: dict[str, Any]) -> Loaded:
     outcome = await saver.save(None, data)
-    assert outcome.result is SaveResult.CREATED and outcome.loaded is not None
+    assert outcome.result is SaveResult.ISSUED and outcome.loaded is not None
     return outcome.loaded
 
 
@@ -81,7 +89,7 @@ INTERLEAVINGS: list[
         {"n": 0},
         {"n": 0, "a": 1},
         {"n": 0, "b": 1},
-        SaveResult.UPDATED,
+        SaveResult.KEPT,
         [{"n": 0, "a": 1, "b": 1}],
     ),
     (
@@ -89,7 +97,7 @@ INTERLEAVINGS: list[
         {"n": 0},
         {"n": 1},
         {"n": 1},
-        SaveResult.UPDATED,
+        SaveResult.KEPT,
         [{"n": 1}],
     ),
     (
@@ -97,7 +105,7 @@ INTERLEAVINGS: list[
         {"user": "ada"},
         "clear",
         {"user": "ada", "cart": {"tea": 1}},
-        SaveResult.GONE,
+        SaveResult.NOT_STORED,
         [],
     ),
     (
@@ -105,7 +113,7 @@ INTERLEAVINGS: list[
         {"cart": {}},
         ("regenerate", {"cart": {}, "user": "ada"}),
         {"cart": {"tea": 1}},
-        SaveResult.GONE,
+        SaveResult.NOT_STORED,
         [{"cart": {}, "user": "ada"}],
     ),
     (
@@ -113,7 +121,7 @@ INTERLEAVINGS: list[
         {"cart": {}},
         {"cart": {"tea": 1}},
         ("regenerate", {"cart": {}, "user": "ada"}),
-        SaveResult.CREATED,
+        SaveResult.ISSUED,
         [{"cart": {"tea": 1}, "user": "ada"}],
     ),
     (
@@ -121,7 +129,7 @@ INTERLEAVINGS: list[
         {"user": "ada"},
         {"user": "ada", "cart": {"tea": 1}},
         "clear",
-        SaveResult.DELETED,
+        SaveResult.ENDED,
         [],
     ),
 ]
@@ -163,13 +171,13 @@ async def test_a_read_only_request_writes_nothing_until_a_touch_is_due(clock: Fa
     loaded = await stored(saver, {"n": 1})
     statements: list[str] = []
     store.statement_listeners.append(statements.append)
-    assert saver.plan(loaded, {"n": 1}, modified=False, regenerate=False) is False
+    assert not saver.decide(loaded, {"n": 1}, modified=False).writes
     clock.advance(59)
-    assert (await saver.save(loaded, {"n": 1})).result is SaveResult.UNCHANGED
+    assert (await saver.save(loaded, {"n": 1})).result is SaveResult.KEPT
     assert statements == []
     clock.advance(1)
     outcome = await saver.save(loaded, {"n": 1})
-    assert outcome.result is SaveResult.TOUCHED and statements == ["touch"]
+    assert outcome.result is SaveResult.KEPT and statements == ["touch"]
     assert outcome.loaded is not None
     assert outcome.loaded.record.expires_at == int(clock()) + 3600
 
@@ -183,7 +191,7 @@ async def test_a_content_write_moves_the_idle_deadline_as_a_touch_does(clock: Fa
     for n in range(1, 4):
         clock.advance(20)
         outcome = await saver.save(loaded, {"n": n})
-        assert outcome.result is SaveResult.UPDATED and outcome.loaded is not None
+        assert outcome.result is SaveResult.KEPT and outcome.loaded is not None
         loaded = outcome.loaded
         [row] = store.rows.values()
         expected = (created, created + 3600) if n < 3 else (created + 60, created + 60 + 3600)
@@ -204,7 +212,7 @@ async def test_a_worker_keeps_no_plaintext_of_a_row_it_replaced_or_deleted(
     assert second.record.payload in kept and first.record.payload not in kept
     renewed = await saver.save(second, {"n": 2}, regenerate=True)  # a new ID
     assert renewed.loaded is not None and second.record.payload not in kept
-    assert (await saver.save(renewed.loaded, {})).result is SaveResult.DELETED  # a logout
+    assert (await saver.save(renewed.loaded, {})).result is SaveResult.ENDED  # a logout
     assert len(kept) == 0 and store.rows == {}
     expiring = await stored(saver, {"n": 3})
     clock.advance(3601)
@@ -219,7 +227,7 @@ async def test_a_content_write_writes_an_earlier_deadline_at_once(clock: FakeClo
     shorter = replace(saver.policy, idle_timeout=600)
     saver.policy = shorter
     outcome = await saver.save(loaded, {"n": 1})
-    assert outcome.result is SaveResult.UPDATED
+    assert outcome.result is SaveResult.KEPT
     [row] = store.rows.values()
     assert (row.touched_at, row.expires_at) == (int(clock()), int(clock()) + 600)
 
@@ -229,15 +237,13 @@ async def test_a_session_bound_to_a_user_in_place_gets_the_users_idle_timeout_at
 ) -> None:
     # A login where no cookie can be sent (a websocket handler) keeps the ID; before the
     # touch is due, the write must still leave the anonymous visitor's short deadline.
-    store = MemoryStore()
-    codec = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 16)
     policy = ExpiryPolicy(3600, None, 60, anonymous_idle_timeout=600)
-    saver = SessionSaver(store, codec, policy, clock, user_key="user")
+    saver, store = make_saver(clock, policy, user_key="user")
     loaded = await stored(saver, {"cart": 1})
     assert loaded.record.expires_at == int(clock()) + 600
     clock.advance(30)
     outcome = await saver.save(loaded, {"cart": 1, "user": "ada"}, can_send_cookie=False)
-    assert outcome.result is SaveResult.UPDATED
+    assert outcome.result is SaveResult.KEPT
     [row] = store.rows.values()
     assert row.user_hash is not None
     assert (row.touched_at, row.expires_at) == (int(clock()), int(clock()) + 3600)
@@ -254,10 +260,8 @@ async def test_an_expired_session_does_not_load(clock: FakeClock) -> None:
 
 
 async def test_regenerate_keeps_the_absolute_deadline(clock: FakeClock) -> None:
-    store = MemoryStore()
-    codec = PayloadCodec([derive_fernet_key("k" * 32)], max_bytes=1 << 16)
     policy = ExpiryPolicy(idle_timeout=3600, absolute_timeout=7200, touch_interval=60)
-    saver = SessionSaver(store, codec, policy, clock)
+    saver, store = make_saver(clock, policy)
     loaded = await stored(saver, {"n": 1})
     clock.advance(5000)
     outcome = await saver.save(loaded, {"n": 1, "user": "ada"}, regenerate=True)

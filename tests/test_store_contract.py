@@ -107,12 +107,25 @@ async def test_a_users_rows_are_found_and_revoked_by_user_and_handle(
     found = await store.sessions_of([ada, "x" * 64])
     assert sorted(r.handle or "" for r in found) == ["h1", "h2"]
     assert all(r.payload == b"" and r.client == b"c" for r in found)
-    assert await store.delete_handles(["h3"], user_hashes=[ada]) == 0  # not ada's
-    assert await store.delete_handles(["h3"]) == 1
-    assert await store.delete_user([ada], except_handle="h2") == 1
+    assert await store.delete_handles(["h3"], user_hashes=[ada]) == []  # not ada's
+    [gone] = await store.delete_handles(["h3"])
+    assert (gone.id_hash, gone.handle, gone.user_hash) == (H3, "h3", bob)
+    assert (gone.payload, gone.client) == (row(H3).payload, None)  # the payload names the user
+    assert [r.handle for r in await store.delete_user([ada], except_handle="h2")] == ["h1"]
     assert [r.handle for r in await store.sessions_of([ada])] == ["h2"]
-    assert await store.delete_user([ada]) == 1
+    assert [r.handle for r in await store.delete_user([ada])] == ["h2"]
     assert await store.sessions_of([ada, bob]) == []
+    assert await store.delete_handles([]) == []
+
+
+async def test_each_deleted_row_is_returned_to_one_of_two_callers(store: MaintainedStore) -> None:
+    # What lets a revocation be reported once, whichever process wins.
+    ada = "a" * 64
+    rows = [f"{n:064x}" for n in range(1, 41)]
+    for n, id_hash in enumerate(rows):
+        await store.insert(replace(row(id_hash), handle=f"h{n}", user_hash=ada))
+    first, second = await asyncio.gather(store.delete_user([ada]), store.delete_user([ada]))
+    assert sorted(r.id_hash for r in first + second) == rows
 
 
 async def test_delete_version_deletes_only_that_version(store: MaintainedStore) -> None:
@@ -120,7 +133,9 @@ async def test_delete_version_deletes_only_that_version(store: MaintainedStore) 
     assert not await store.delete_version(H1, 2)
     assert await store.delete_version(H1, 3)
     assert not await store.delete_version(H1, 3)
-    await store.delete(H1)  # deleting a missing row is no error
+    assert not await store.delete(H1)  # deleting a missing row is no error
+    await store.insert(row(H1, version=3))
+    assert await store.delete(H1)
 
 
 async def test_delete_expired_deletes_due_rows_in_bounded_batches(
@@ -153,7 +168,7 @@ async def test_scan_walks_in_id_order_and_replace_payloads_checks_the_version(
 
 
 async def test_the_table_exists_after_prepare(store: MaintainedStore) -> None:
-    assert await store.table_exists()
+    await store.check_table()  # raises TableMissing otherwise
     assert store.backend in ("memory", "sqlite", "postgresql", "mysql")
 
 

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import SessionStoreUnavailable
 from .statements import CompiledStatement, Row
 
 # SQLAlchemy's asyncpg dialect options (in connect_args), not asyncpg.connect() arguments.
@@ -194,7 +194,7 @@ class AsyncpgRunner:
             else:
                 waiter.cancel()
             if isinstance(error, TimeoutError):
-                raise StoreError(
+                raise SessionStoreUnavailable(
                     f"PostgreSQL: no connection free within {self._acquire_timeout:g} s "
                     f"({self._max_size} in use)"
                 ) from error
@@ -212,11 +212,13 @@ class AsyncpgRunner:
             if generation == self._generation:
                 self._free_slot()
             if isinstance(error, self._errors):
-                raise StoreError(f"PostgreSQL: {type(error).__name__}: {error}") from error
+                raise SessionStoreUnavailable(
+                    f"PostgreSQL: {type(error).__name__}: {error}"
+                ) from error
             raise
         if generation != self._generation:  # the pool was closed while we connected
             connection.terminate()
-            raise StoreError("PostgreSQL: the session store was closed")
+            raise SessionStoreUnavailable("PostgreSQL: the session store was closed")
         self._members[connection] = {}
         return connection
 
@@ -244,20 +246,20 @@ class AsyncpgRunner:
                 return
         self._slots -= 1
 
-    def _failed(self, connection: Any, error: BaseException) -> StoreError | None:
-        """Release ``connection`` after ``error``; returns the StoreError to raise
+    def _failed(self, connection: Any, error: BaseException) -> SessionStoreUnavailable | None:
+        """Release ``connection`` after ``error``; returns the SessionStoreUnavailable to raise
         instead, or None to let ``error`` (a cancellation, say) through."""
         if isinstance(error, self._server_errors) and not isinstance(error, self._lost):
             # The server refused the statement; the connection is fine.
             self._release(connection)
-            return StoreError(f"PostgreSQL: {type(error).__name__}: {error}")
+            return SessionStoreUnavailable(f"PostgreSQL: {type(error).__name__}: {error}")
         # Broken, timed out or cancelled mid-statement: its state is unknown.
         connection.terminate()
         if connection in self._members:
             del self._members[connection]
             self._free_slot()
         if isinstance(error, self._errors):
-            return StoreError(f"PostgreSQL: {type(error).__name__}: {error}")
+            return SessionStoreUnavailable(f"PostgreSQL: {type(error).__name__}: {error}")
         return None
 
     def _forget_all(self) -> None:
@@ -274,7 +276,9 @@ class AsyncpgRunner:
         self._forget_all()
         for waiter in waiters:  # requests waiting for a connection fail now, not later
             if not waiter.done():
-                waiter.set_exception(StoreError("PostgreSQL: the session store was closed"))
+                waiter.set_exception(
+                    SessionStoreUnavailable("PostgreSQL: the session store was closed")
+                )
         self._loop = None
         if loop is not asyncio.get_running_loop():
             return
@@ -296,7 +300,7 @@ def asyncpg_connect_kwargs(
 
 
 def _asyncpg_errors() -> tuple[type[BaseException], ...]:
-    """What asyncpg raises when the database cannot answer (all become StoreError)."""
+    """What asyncpg raises when the database cannot answer (all become SessionStoreUnavailable)."""
     import asyncpg
 
     return (

@@ -1,8 +1,10 @@
 """The store contract: what the save protocol, the pruner and the CLI may ask of a store.
 
 A store keeps rows of ciphertext keyed by the SHA-256 of a session ID; it never sees a
-session ID, a session's data or Quart. Every method raises one of :data:`STORE_ERRORS`
-when the database cannot answer; "no such row" is never an error.
+session ID, a session's data or Quart. Every method raises
+:class:`~quartsess.SessionStoreUnavailable` when the database cannot answer, and only
+:class:`~quartsess.StoreError` subclasses in any case (drivers' errors chained as the
+cause); "no such row" is never an error.
 """
 
 from __future__ import annotations
@@ -12,20 +14,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Self
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from ..errors import StoreError
 
 if TYPE_CHECKING:
     from ..config import SessionConfig
 
-# Any of these means "the store cannot answer now" (a 503), never "no session".
-STORE_ERRORS: tuple[type[BaseException], ...] = (
-    StoreError,
-    SQLAlchemyError,
-    OSError,
-    TimeoutError,
-)
+#: What a store raises: "the store cannot answer now" (a 503), never "no session".
+STORE_ERRORS: tuple[type[BaseException], ...] = (StoreError,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +89,8 @@ class SessionStore(Protocol):
         if the row is gone."""
         ...
 
-    async def delete(self, id_hash: str) -> None:
-        """Delete the row if it is there."""
+    async def delete(self, id_hash: str) -> bool:
+        """Delete the row; False if there was none."""
         ...
 
     async def delete_version(self, id_hash: str, version: int) -> bool:
@@ -127,11 +122,24 @@ class MaintainedStore(SessionStore, Protocol):
         """The kind of database: ``"sqlite"``, ``"postgresql"``, ``"mysql"``, ``"memory"``."""
         ...
 
+    @property
+    def prune_batch_size(self) -> int:
+        """Rows the pruner deletes per :meth:`delete_expired`."""
+        ...
+
+    @property
+    def prune_rest(self) -> float:
+        """How long the pruner rests after a batch, as a multiple of the batch's time."""
+        ...
+
     def describe(self) -> str:
         """Which table in which database, for messages (any password masked)."""
         ...
 
-    async def table_exists(self) -> bool: ...
+    async def check_table(self) -> None:
+        """Raise :class:`~quartsess.TableMissing` (saying what is missing: the table, or
+        the database) if there is no sessions table; creates nothing, not even a file."""
+        ...
 
     async def delete_expired(self, now: int, limit: int) -> int:
         """Delete at most ``limit`` rows whose ``expires_at`` is at or before ``now``;
@@ -163,14 +171,15 @@ class MaintainedStore(SessionStore, Protocol):
 
     async def delete_handles(
         self, handles: Sequence[str], *, user_hashes: Sequence[str] | None = None
-    ) -> int:
+    ) -> list[StoredSession]:
         """Delete the rows with these handles (only those of ``user_hashes``, when
-        given); returns how many went."""
+        given); returns the rows this call deleted (with payloads, without clients), so
+        that each end is reported once even when two processes delete at once."""
         ...
 
     async def delete_user(
         self, user_hashes: Sequence[str], *, except_handle: str | None = None
-    ) -> int:
-        """Delete every row of ``user_hashes`` but the one with ``except_handle``, in one
-        statement; returns how many went."""
+    ) -> list[StoredSession]:
+        """Delete every row of ``user_hashes`` but the one with ``except_handle``;
+        returns the rows this call deleted, as :meth:`delete_handles` does."""
         ...

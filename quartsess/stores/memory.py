@@ -22,6 +22,8 @@ class MemoryStore:
 
     writes_inline = True
     backend = "memory"
+    prune_batch_size = 1000
+    prune_rest = 0.0
 
     def __init__(self, table: str = "quart_sessions") -> None:
         self.table_name = table
@@ -84,9 +86,9 @@ class MemoryStore:
         )
         return True
 
-    async def delete(self, id_hash: str) -> None:
+    async def delete(self, id_hash: str) -> bool:
         self._before("delete")
-        self.rows.pop(id_hash, None)
+        return self.rows.pop(id_hash, None) is not None
 
     async def delete_version(self, id_hash: str, version: int) -> bool:
         self._before("delete_version")
@@ -107,8 +109,8 @@ class MemoryStore:
     def describe(self) -> str:
         return f"table {self.table_name!r} in this process's memory"
 
-    async def table_exists(self) -> bool:
-        return True
+    async def check_table(self) -> None:
+        return None
 
     async def delete_expired(self, now: int, limit: int) -> int:
         expired = sorted(
@@ -156,26 +158,24 @@ class MemoryStore:
 
     async def delete_handles(
         self, handles: Sequence[str], *, user_hashes: Sequence[str] | None = None
-    ) -> int:
+    ) -> list[StoredSession]:
         wanted, users = set(handles), None if user_hashes is None else set(user_hashes)
-        gone = [
-            key
-            for key, row in self.rows.items()
-            if row.handle in wanted and (users is None or row.user_hash in users)
-        ]
-        for key in gone:
-            del self.rows[key]
-        return len(gone)
+        return self._delete_where(
+            lambda row: row.handle in wanted and (users is None or row.user_hash in users)
+        )
 
     async def delete_user(
         self, user_hashes: Sequence[str], *, except_handle: str | None = None
-    ) -> int:
+    ) -> list[StoredSession]:
         users = set(user_hashes)
-        gone = [
-            key
-            for key, row in self.rows.items()
-            if row.user_hash in users and (except_handle is None or row.handle != except_handle)
-        ]
-        for key in gone:
-            del self.rows[key]
-        return len(gone)
+        return self._delete_where(
+            lambda row: (
+                row.user_hash in users and (except_handle is None or row.handle != except_handle)
+            )
+        )
+
+    def _delete_where(self, condition: Callable[[StoredSession], bool]) -> list[StoredSession]:
+        gone = [row for row in self.rows.values() if condition(row)]
+        for row in gone:
+            del self.rows[row.id_hash]
+        return [replace(row, client=None) for row in gone]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import SessionStoreUnavailable
 from .statements import CompiledStatement, Row
 
 logger = logging.getLogger("quartsess")
@@ -90,7 +90,9 @@ class SqliteRunner:
                     inline, waiting = await loop.run_in_executor(thread, self._open_both)
                 except sqlite3.Error as error:
                     thread.shutdown(wait=False)
-                    raise StoreError(f"cannot open the SQLite database: {error}") from error
+                    raise SessionStoreUnavailable(
+                        f"cannot open the SQLite database: {error}"
+                    ) from error
                 self._inline, self._waiting, self._thread = inline, waiting, thread
         return self._inline, self._thread
 
@@ -154,7 +156,7 @@ class SqliteRunner:
             result = _run_sqlite(inline, statement.sql, arguments, fetch)
         except sqlite3.OperationalError as error:
             if not _is_busy(error):
-                raise StoreError(f"SQLite: {error}") from error
+                raise SessionStoreUnavailable(f"SQLite: {error}") from error
         else:
             if not fetch:
                 self._writes += 1
@@ -179,12 +181,12 @@ class SqliteRunner:
         """Run the statement on the thread's connection, which waits for locks."""
         waiting = self._waiting
         if waiting is None:  # pragma: no cover - closed while in flight
-            raise StoreError("the SQLite store is closed")
+            raise SessionStoreUnavailable("the SQLite store is closed")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(thread, _run_sqlite, waiting, sql, arguments, fetch)
         except sqlite3.Error as error:
-            raise StoreError(f"SQLite: {error}") from error
+            raise SessionStoreUnavailable(f"SQLite: {error}") from error
 
     def _start_checkpoint(self, thread: ThreadPoolExecutor) -> None:
         waiting = self._waiting
@@ -319,7 +321,7 @@ def _run_sqlite(
     except sqlite3.OperationalError:
         raise
     except sqlite3.Error as error:
-        raise StoreError(f"SQLite: {error}") from error
+        raise SessionStoreUnavailable(f"SQLite: {error}") from error
     if fetch:
         row: tuple[Any, ...] | None = cursor.fetchone()
         cursor.close()
@@ -339,7 +341,7 @@ def prepare_sqlite_file(database: str, is_uri: bool) -> None:
         finally:
             connection.close()
     except sqlite3.Error as error:
-        raise StoreError(f"cannot open the SQLite database: {error}") from error
+        raise SessionStoreUnavailable(f"cannot open the SQLite database: {error}") from error
 
 
 def create_private_file(database: str) -> None:
@@ -351,5 +353,5 @@ def create_private_file(database: str) -> None:
     except FileExistsError:
         return
     except OSError as error:
-        raise StoreError(f"cannot create the SQLite database: {error}") from error
+        raise SessionStoreUnavailable(f"cannot create the SQLite database: {error}") from error
     os.close(descriptor)
