@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from quartsess import Session, StoreError
 
-from . import auth, cart, devices, views
+from . import audit, auth, cart, devices, views
 from .auth import current_user
 from .cart import cart_count, money
 from .csrf import check_csrf, csrf_token, set_csrf_cookie
@@ -88,6 +88,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
         app.config["SECRET_KEY"] = load_secret_key(app.instance_path)
 
     Session(app, clock=clock)
+    audit.install(app)
     app.extensions["login_throttle"] = LoginThrottle(
         app.config.get("LOGIN_THROTTLE_DB") or os.path.join(app.instance_path, THROTTLE_FILE),
         per_account=app.config.get("LOGIN_LIMIT_PER_ACCOUNT", Limit(failures=5, window=900)),

@@ -26,6 +26,9 @@ from .flashes import flash
 bp = Blueprint("devices", __name__, url_prefix="/sessions")
 
 UNKNOWN_BROWSER = "Unknown browser"
+#: The session key holding the handles of the devices this one saw when it last looked
+#: at the page (handles are safe to keep: they name sessions, they do not open them).
+SEEN_KEY = "devices_seen"
 UNKNOWN_SYSTEM = "unknown system"
 
 
@@ -40,6 +43,7 @@ class Device:
     signed_in: datetime
     last_active: datetime
     current: bool
+    new: bool = False
 
 
 @lru_cache(maxsize=256)
@@ -57,7 +61,7 @@ def describe_user_agent(user_agent: str | None) -> tuple[str, str]:
     return browser, system
 
 
-def device_of(info: SessionInfo) -> Device:
+def device_of(info: SessionInfo, *, new: bool = False) -> Device:
     browser, system = describe_user_agent(info.user_agent)
     return Device(
         handle=info.handle,
@@ -67,7 +71,21 @@ def device_of(info: SessionInfo) -> Device:
         signed_in=info.created_at,
         last_active=info.last_seen_at,
         current=info.current,
+        new=new,
     )
+
+
+def new_sign_ins(sessions: list[SessionInfo], seen: object) -> set[str]:
+    """The handles of the devices that signed in since this device last looked at the
+    page (``seen``: the handles it saw then); the first time, those that signed in after
+    this device did."""
+    others = [info for info in sessions if not info.current]
+    if isinstance(seen, list):
+        return {info.handle for info in others if info.handle not in seen}
+    this_device = next((info for info in sessions if info.current), None)
+    if this_device is None:
+        return set()
+    return {info.handle for info in others if info.created_at > this_device.created_at}
 
 
 def sessions_extension() -> Session:
@@ -87,8 +105,17 @@ def username() -> str:
 async def show() -> ResponseReturnValue:
     """One row per device, this one first, then the most recently active."""
     sessions = await sessions_extension().user_sessions(username())
-    devices = sorted((device_of(info) for info in sessions), key=lambda device: not device.current)
-    return await render_template("devices.html", devices=devices)
+    fresh = new_sign_ins(sessions, session.get(SEEN_KEY))
+    devices = sorted(
+        (device_of(info, new=info.handle in fresh) for info in sessions),
+        key=lambda device: not device.current,
+    )
+    seen = sorted(info.handle for info in sessions)
+    if session.get(SEEN_KEY) != seen:
+        session[SEEN_KEY] = seen  # a write only when the devices changed
+    return await render_template(
+        "devices.html", devices=devices, new_devices=[d for d in devices if d.new]
+    )
 
 
 @bp.post("/revoke")

@@ -6,7 +6,9 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from quart import Blueprint, ResponseReturnValue, render_template, request, session, websocket
+from quart import Blueprint, ResponseReturnValue, render_template, request, websocket
+
+from quartsess import session
 
 from .auth import current_user, login_required
 from .cart import cart_count
@@ -55,25 +57,30 @@ async def visits() -> ResponseReturnValue:
 
 @bp.websocket("/ws/visits")
 async def visits_socket() -> ResponseReturnValue | None:
-    """Count visits live: each ``{"action": "visit", "csrf_token": ...}`` message adds one.
+    """Count visits live: each ``{"action": "visit", "csrf_token": ...}`` message adds one,
+    ``{"action": "read", ...}`` reads the count, on one connection kept open.
 
     The handler changes the session after the handshake, when no cookie can be sent;
-    quartsess stores it anyway when the handler returns. Each connection handles one
-    message, so every change is read fresh and saved before the socket closes."""
+    ``session.save()`` stores each change at once (the handler only returns when the
+    client goes). When this device's session ends elsewhere (logged out from another
+    device, or past its deadline), quartsess closes the socket with code 1008."""
     if not _same_origin():
         return "Cross-origin websocket refused.", 403
     await websocket.accept()
-    message = _parse(await websocket.receive())
-    if message.get("action") not in {"visit", "read"}:
-        await websocket.send_json({"error": "unknown action"})
-    elif not is_valid_token(message.get("csrf_token")):
-        # The token needs the browser's CSRF cookie, which the handshake brings along.
-        await websocket.send_json({"error": "missing or wrong csrf_token"})
-    elif message["action"] == "visit":
-        await websocket.send_json({"visits": count_visit()})
-    else:
-        await websocket.send_json({"visits": visit_count()})
-    return None
+    while True:
+        message = _parse(await websocket.receive())
+        if message.get("action") not in {"visit", "read"}:
+            await websocket.send_json({"error": "unknown action"})
+        elif not is_valid_token(message.get("csrf_token")):
+            # The token needs the browser's CSRF cookie, which the handshake brings along.
+            await websocket.send_json({"error": "missing or wrong csrf_token"})
+        elif message["action"] == "visit":
+            count = count_visit()
+            if session.sid is not None:
+                await session.save()
+            await websocket.send_json({"visits": count})
+        else:
+            await websocket.send_json({"visits": visit_count()})
 
 
 def _same_origin() -> bool:

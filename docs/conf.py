@@ -44,12 +44,12 @@ nitpick_ignore_regex = [
     # quartsess's private modules: the public names are documented under quartsess.
     (
         "py:.*",
-        r"quartsess\.(stores\.\w+|users|saving|serializer|keys|clock|pruner|codec|interface|session|config|ids|expiry|lifecycle|owners|sealing|kept|rotation|extension)\..*",
+        r"quartsess\.(stores\.\w+|users|saving|serializer|keys|clock|pruner|codec|interface|session|config|ids|expiry|lifecycle|owners|sealing|kept|rotation|extension|live)\..*",
     ),
     ("py:class", r"(datetime|SansIOResponse)"),
     ("py:class", r"(Quart|Response|WerkzeugResponse|BaseRequestWebsocket|URL|SessionMixin)"),
     ("py:class", r"(CallbackDict|SessionInterface|ServiceUnavailable|Clock|StoredSession)"),
-    ("py:class", r"(SessionSaver|SessionParts|Lifecycle|OwnerKeys|ExpiryPolicy)"),
+    ("py:class", r"(SessionSaver|SessionParts|Lifecycle|OwnerKeys|ExpiryPolicy|LiveWebsockets)"),
     ("py:class", r"(SessionStore|PayloadCodec|Pruner|Mapping|Any|Iterator|KeysView)"),
     ("py:class", r"(ValuesView|ItemsView|Table|MetaData|Exception|ValueError|TypeError)"),
     ("py:class", r"(Loaded|Persist|AnyResponse|Self|AbstractAsyncContextManager|SessionConfig)"),

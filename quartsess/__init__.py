@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from quart import session as _quart_session
 
+from . import signals
 from .codec import PayloadCodec
 from .config import SessionConfig
 from .errors import (
@@ -69,4 +70,5 @@ __all__ = [
     "generate_key",
     "metadata",
     "session",
+    "signals",
 ]

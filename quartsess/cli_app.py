@@ -26,5 +26,5 @@ def load_parts(info: ScriptInfo) -> SessionParts:
         raise click.ClickException(
             "quartsess is not set up on this app: call Session(app) when creating it"
         )
-    parts: SessionParts = extension.compose(extension.parts_for(app).config)
+    parts: SessionParts = extension.compose(extension.parts_for(app).config, app)
     return parts

@@ -24,6 +24,7 @@ DEFAULT_MAX_BYTES = 64 * 1024
 DEFAULT_TOUCH_INTERVAL = 60
 DEFAULT_SQLITE_FILE = "quartsess.sqlite3"
 DEFAULT_USER_KEY = "user_id"
+DEFAULT_WEBSOCKET_CHECK_INTERVAL = 1.0
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 
 # Our settings, and Quart's own SESSION_* settings (which keep their Quart meaning).
@@ -43,6 +44,7 @@ OWN_KEYS = frozenset(
         "SESSION_MAX_PER_USER",
         "SESSION_ANONYMOUS_IDLE_TIMEOUT",
         "SESSION_RECORD_CLIENT",
+        "SESSION_WEBSOCKET_CHECK_INTERVAL",
     }
 )
 QUART_KEYS = frozenset(
@@ -148,6 +150,7 @@ class SessionConfig:
     max_per_user: int | None = None
     anonymous_idle_timeout: int | None = None
     record_client: bool = True
+    websocket_check_interval: float | None = DEFAULT_WEBSOCKET_CHECK_INTERVAL
 
     def __repr__(self) -> str:
         return (
@@ -158,7 +161,8 @@ class SessionConfig:
             f"max_bytes={self.max_bytes}, create_table={self.create_table}, "
             f"user_key={self.user_key!r}, max_per_user={self.max_per_user}, "
             f"anonymous_idle_timeout={self.anonymous_idle_timeout}, "
-            f"record_client={self.record_client})"
+            f"record_client={self.record_client}, "
+            f"websocket_check_interval={self.websocket_check_interval})"
         )
 
     @property
@@ -232,6 +236,19 @@ class SessionConfig:
             raise ConfigurationError(
                 "SESSION_MAX_PER_USER", "must be a whole number of at least 1, or None"
             )
+        websocket_check = config.get(
+            "SESSION_WEBSOCKET_CHECK_INTERVAL", DEFAULT_WEBSOCKET_CHECK_INTERVAL
+        )
+        if websocket_check is not None and (
+            isinstance(websocket_check, bool)
+            or not isinstance(websocket_check, int | float)
+            or not math.isfinite(websocket_check)
+            or websocket_check <= 0
+        ):
+            raise ConfigurationError(
+                "SESSION_WEBSOCKET_CHECK_INTERVAL",
+                "must be a positive number of seconds, or None to turn the checks off",
+            )
         record_client = config.get("SESSION_RECORD_CLIENT", True)
         if not isinstance(record_client, bool):
             raise ConfigurationError("SESSION_RECORD_CLIENT", "must be True or False")
@@ -250,6 +267,7 @@ class SessionConfig:
             max_per_user=max_per_user,
             anonymous_idle_timeout=anonymous,
             record_client=record_client,
+            websocket_check_interval=None if websocket_check is None else float(websocket_check),
         )
 
 

@@ -18,10 +18,12 @@ from .errors import StoreError, TableMissing
 from .expiry import ExpiryPolicy
 from .interface import ServerSessionInterface
 from .lifecycle import Lifecycle
+from .live import LiveWebsockets
 from .owners import OwnerKeys
 from .pruner import Pruner
 from .saving import SessionSaver
 from .serializer import SessionSerializer
+from .signals import sender_for
 from .stores.base import MaintainedStore
 from .stores.sql import SqlStore
 from .users import SessionInfo, UserSessions
@@ -50,6 +52,7 @@ class SessionParts:
     users: UserSessions
     saver: SessionSaver
     pruner: Pruner
+    live: LiveWebsockets
     interface: ServerSessionInterface
 
 
@@ -87,7 +90,7 @@ class Session:
         config = SessionConfig.from_mapping(app.config, instance_path=app.instance_path)
         for warning in setting_warnings(app.config):
             logger.warning("%s", warning)
-        parts = self.compose(config)
+        parts = self.compose(config, app)
         # Quart types the attribute as its cookie interface; any SessionInterface works.
         app.session_interface = parts.interface  # type: ignore[assignment]
         app.extensions[EXTENSION_KEY] = self
@@ -113,6 +116,7 @@ class Session:
 
         async def stop_serving() -> None:
             await parts.pruner.stop()
+            await parts.live.stop()
             await parts.interface.wait_for_saves()  # saves outlive cancelled requests
             parts.store.keep_connections(False)
             await parts.store.close()
@@ -120,14 +124,17 @@ class Session:
         app.before_serving(start_serving)
         app.after_serving(stop_serving)
 
-    def compose(self, config: SessionConfig) -> SessionParts:
+    def compose(self, config: SessionConfig, app: Quart | None = None) -> SessionParts:
         """Build every part for ``config``, each once: the one place where they are made
-        and wired together."""
+        and wired together. With ``app``, every lifecycle transition is sent as its
+        signal (``quartsess.signals``) with ``app`` as the sender."""
         store = self.make_store(config)
         codec = self.codec_class(config.encryption_keys, config.max_bytes, self.serializer_class())
         owners = OwnerKeys(config.encryption_keys)
         policy = ExpiryPolicy.from_config(config)
         lifecycle = Lifecycle(store, codec, config.user_key)
+        if app is not None:
+            lifecycle.listeners.append(sender_for(app))
         users = UserSessions(
             store, owners, policy, lifecycle, self._clock, max_per_user=config.max_per_user
         )
@@ -143,9 +150,10 @@ class Session:
             users=users,
         )
         pruner = Pruner(lifecycle, clock=self._clock, interval=config.prune_interval)
-        interface = self.interface_class(saver, config)
+        live = LiveWebsockets(saver, config.websocket_check_interval)
+        interface = self.interface_class(saver, config, live)
         return SessionParts(
-            config, store, codec, owners, policy, lifecycle, users, saver, pruner, interface
+            config, store, codec, owners, policy, lifecycle, users, saver, pruner, live, interface
         )
 
     def make_store(self, config: SessionConfig) -> MaintainedStore:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 from quart.sessions import SessionInterface, SessionMixin
-from quart.wrappers import BaseRequestWebsocket, Response
+from quart.wrappers import BaseRequestWebsocket, Response, Websocket
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from .eager import start_eagerly
@@ -22,6 +22,7 @@ from .errors import (
     TableMissing,
 )
 from .ids import hash_session_id, is_well_formed, log_id
+from .live import LiveWebsockets
 from .owners import Client
 from .saving import SAVE_FAILURES, SaveDecision, SaveOutcome, SaveResult, SessionSaver
 from .session import ServerSession, UnavailableSession
@@ -51,9 +52,13 @@ class ServerSessionInterface(SessionInterface):
     #: (Quart types this attribute as its own ``NullSession`` class.)
     null_session_class = UnavailableSession  # type: ignore[assignment]
 
-    def __init__(self, saver: SessionSaver, config: SessionConfig) -> None:
+    def __init__(
+        self, saver: SessionSaver, config: SessionConfig, live: LiveWebsockets | None = None
+    ) -> None:
         self.saver = saver
         self.config = config
+        #: The worker's open websockets, closed when their session ends elsewhere.
+        self.live = live if live is not None else LiveWebsockets(saver, None)
         self.policy = saver.policy
         self.clock = saver.clock
         # Saves in flight, by ID hash: the next request of that session waits for its save.
@@ -107,7 +112,10 @@ class ServerSessionInterface(SessionInterface):
         if opened is None:
             return self.session_class(persist=self.persist, client=client)
         loaded, data = opened
-        return self.session_class(data, loaded=loaded, persist=self.persist, client=client)
+        session = self.session_class(data, loaded=loaded, persist=self.persist, client=client)
+        if isinstance(request, Websocket):
+            self.live.watch(session, request)
+        return session
 
     def client_of(self, request: BaseRequestWebsocket) -> Client | None:
         """What a session records of its client: the User-Agent and

@@ -293,6 +293,20 @@ class SessionSaver:
             return SaveOutcome(decision.result, loaded if kept else None)
         return await self.carry_out(decision)
 
+    async def keep_alive(self, row: StoredSession, client: Client | None) -> bool:
+        """Extend the idle deadline of ``row`` (as read now) if its touch is due, as a
+        request would: a session with an open websocket is in use. False if the row went
+        meanwhile."""
+        now = int(self.clock())
+        if not self.policy.touch_due(row, now):
+            return True
+        bound = row.user_hash is not None
+        expires = self.policy.deadline(now, row.created_at, bound=bound)
+        sealed = self._seal_client(row.id_hash, client, bound=bound)
+        return await self.store.touch(
+            row.id_hash, touched_at=now, expires_at=expires, client=sealed
+        )
+
     async def _touch(self, loaded: Loaded, now: int, client: Client | None) -> SaveOutcome:
         record = loaded.record
         bound = loaded.user is not None

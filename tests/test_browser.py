@@ -30,6 +30,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+FIREFOX_ON_WINDOWS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0"
+)
 
 
 def require_chromium() -> None:
@@ -183,7 +186,7 @@ async def test_live_visit_over_websocket_is_stored(page: Page) -> None:
     await button.click()
     await expect(page.locator("#visits")).to_have_text(str(start + 1))
     await expect(page.locator("#live-status")).to_have_text("Counted live.")
-    await expect(button).to_be_enabled()  # re-enabled once the server closed the socket
+    await expect(button).to_be_enabled()  # the socket stays open for the next one
     await button.click()
     await expect(page.locator("#visits")).to_have_text(str(start + 2))
     await screenshot(page, "08-visits-live")
@@ -339,6 +342,65 @@ async def test_one_device_logs_the_other_out_from_the_sessions_page(
 
             await second.goto("/dashboard")  # the second stays logged in
             await expect(second.get_by_role("heading", name="Hello, Alice Liddell")).to_be_visible()
+            assert first_errors == [] and second_errors == []
+        finally:
+            await first_context.close()
+            await second_context.close()
+
+
+async def test_a_live_page_closes_when_its_device_is_logged_out_elsewhere(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """Two browsers logged in as bob on a server of their own: the first sees the second's
+    new sign-in on its sessions page, keeps the live visit counter open, and the second
+    logs it out; the first's counter closes at once (no page load) and says so."""
+    with hypercorn_server(server_env(tmp_path / "instance"), tmp_path / "server.log") as server:
+        first_context = await browser.new_context(
+            base_url=server.url, viewport={"width": 1100, "height": 800}
+        )
+        second_context = await browser.new_context(
+            base_url=server.url,
+            viewport={"width": 1100, "height": 800},
+            user_agent=FIREFOX_ON_WINDOWS,
+        )
+        try:
+            first, first_errors = await open_watched_page(first_context)
+            second, second_errors = await open_watched_page(second_context)
+            await log_in(first, "bob", "builder")
+            await expect(first).to_have_url(re.compile(r"/dashboard$"))
+            await first.goto("/sessions/")  # what this device has seen: only itself
+            await expect(first.locator("#new-sign-in")).to_have_count(0)
+
+            await log_in(second, "bob", "builder")
+            await expect(second).to_have_url(re.compile(r"/dashboard$"))
+            await first.goto("/sessions/")
+            notice = first.locator("#new-sign-in")
+            await expect(notice).to_contain_text("New sign-in since you last looked")
+            await expect(notice).to_contain_text("Firefox 133 on Windows 10")
+            await expect(first.locator(".new-sign-in-badge")).to_have_count(1)
+            await screenshot(first, "16-sessions-new-sign-in")
+            await first.reload()  # seen now: no longer new
+            await expect(first.locator("#new-sign-in")).to_have_count(0)
+
+            await first.goto("/visits")
+            await expect(first.locator("body")).to_have_attribute("data-live", "open")
+            await first.get_by_role("button", name="Count a visit live").click()
+            await expect(first.locator("#live-status")).to_have_text("Counted live.")
+            await screenshot(first, "17-visits-live-open")
+
+            await second.goto("/sessions/")
+            await second.get_by_role(
+                "button", name=re.compile(r"^Log out (Headless)?Chrom")
+            ).click()
+            await expect(second.get_by_text("That device is logged out.")).to_be_visible()
+
+            # The first browser loads nothing: its open socket is closed by the server.
+            await expect(first.locator("body")).to_have_attribute("data-live", "logged-out")
+            await expect(first.locator("#live-status")).to_have_text(
+                "You were logged out: this device's session ended."
+            )
+            await expect(first.get_by_role("button", name="Count a visit live")).to_be_disabled()
+            await screenshot(first, "18-visits-live-logged-out")
             assert first_errors == [] and second_errors == []
         finally:
             await first_context.close()

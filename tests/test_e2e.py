@@ -71,7 +71,7 @@ async def visits(client: httpx.AsyncClient) -> int:
 
 async def websocket_call(server: Server, cookie: str, message: dict[str, Any]) -> Any:
     """Send one message to /ws/visits with the session cookie; return the JSON answer
-    once the server has closed the socket (it saves the session before closing)."""
+    (the handler stores the session's change before it answers), then close."""
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     connection = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     host = f"127.0.0.1:{server.port}"
@@ -93,7 +93,7 @@ async def websocket_call(server: Server, cookie: str, message: dict[str, Any]) -
                     if isinstance(event, ws_events.AcceptConnection):
                         writer.write(connection.send(ws_events.TextMessage(json.dumps(message))))
                     elif isinstance(event, ws_events.TextMessage):
-                        answer = json.loads(event.data)
+                        return json.loads(event.data)
                     elif isinstance(event, ws_events.CloseConnection):
                         writer.write(connection.send(event.response()))
                         return answer

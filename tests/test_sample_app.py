@@ -822,6 +822,7 @@ async def test_unknown_page_is_a_404_page(client: QuartClient) -> None:
 # -- websocket ----------------------------------------------------------------------------
 
 ORIGIN = {"Origin": "http://localhost"}
+FIREFOX = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0"
 
 
 async def visits_token(client: QuartClient) -> str:
@@ -1200,3 +1201,39 @@ async def test_visitors_who_never_log_in_are_forgotten_after_30_idle_minutes(
         assert (await user.get("/dashboard")).status_code == 200  # users: 2 hours
         clock.advance(121 * 60)
         assert (await user.get("/dashboard")).status_code == 302
+
+
+# -- audit log ----------------------------------------------------------------------------
+
+
+async def test_the_audit_log_has_every_session_transition_and_no_session_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.audit")
+    app = build_app(tmp_path)
+    async with app.test_app() as test_app:
+        phone = new_client(test_app)
+        await phone.get("/visits", headers={"User-Agent": FIREFOX})  # a visitor's session
+        await log_in(phone)
+        laptop = new_client(test_app)
+        await log_in(laptop)
+        laptop_cookie = session_cookie(laptop)
+        token = await form_token(laptop, "/sessions/")
+        ended = await laptop.post("/sessions/revoke-others", form={"csrf_token": token})
+        assert ended.status_code == 302
+        token = await form_token(laptop, "/dashboard")
+        assert (await laptop.post("/logout", form={"csrf_token": token})).status_code == 302
+        phone_cookie = session_cookie(phone)
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.audit"]
+    assert [line.split(",")[0].split(" ", 2)[2] for line in lines] == [
+        "created",
+        "changed user - -> 'alice'",
+        "created",
+        "of user 'alice' ended: revoked",
+        "of user 'alice' ended: logout",
+    ]
+    assert "from Firefox 133 on Windows 10 at" in lines[0]
+    assert lines[1].split(" ")[1] == lines[0].split(" ")[1]  # one session: one handle
+    assert all(len(line.split(" ")[1]) == 8 for line in lines)  # a prefix of the handle
+    for cookie in (laptop_cookie, phone_cookie):
+        assert cookie is not None and cookie not in caplog.text

@@ -97,6 +97,11 @@ class SessionStore(Protocol):
         """Delete the row if it still has ``version``; False if it changed or is gone."""
         ...
 
+    async def load_many(self, id_hashes: Sequence[str]) -> list[StoredSession]:
+        """The rows of these ID hashes that exist, without payloads and clients, in one
+        statement: a worker's periodic check of its open websockets' sessions."""
+        ...
+
     async def close(self) -> None:
         """Close every connection; the store opens new ones if used again."""
         ...

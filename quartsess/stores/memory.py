@@ -98,6 +98,11 @@ class MemoryStore:
         del self.rows[id_hash]
         return True
 
+    async def load_many(self, id_hashes: Sequence[str]) -> list[StoredSession]:
+        self._before("load_many")
+        rows = (self.rows.get(id_hash) for id_hash in set(id_hashes))
+        return [replace(row, payload=b"", client=None) for row in rows if row is not None]
+
     async def close(self) -> None:
         return None
 

@@ -67,6 +67,9 @@ T = TypeVar("T")
 # What the drivers and SQLAlchemy raise when the database cannot answer; the store turns
 # each into SessionStoreUnavailable at its boundary (the runners do so themselves).
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, sqlite3.Error)
+#: ID hashes per statement of :meth:`SqlStore.load_many` (well within every database's
+#: limit on parameters).
+LOAD_MANY_BATCH = 1000
 #: The columns of the sessions table, in the order of StoredSession's fields.
 _COLUMNS = tuple(f.name for f in fields(StoredSession))
 # Rows per DELETE of the pruner. On SQLite a batch holds the database's single write
@@ -105,7 +108,7 @@ class SqlStore:
         self._ready = False
         self._hot = _hot_statements(self.table, self.dialect)
         #: Callables told the name of each per-request statement before it runs
-        #: (``"load"``, ``"insert"``, ``"update"``, ``"touch"``, ``"delete"``,
+        #: (``"load"``, ``"insert"``, ``"update"``, ``"touch"``, ``"delete"``, ``"load_many"``,
         #: ``"delete_version"``): for metrics, tracing, or tests that count round trips.
         self.statement_listeners: list[Callable[[str], None]] = []
         self._runner: StatementRunner = self._choose_runner(url, options, asyncpg, budget)
@@ -467,6 +470,21 @@ class SqlStore:
         return await self.run(work)
 
     # -- user sessions ----------------------------------------------------------------
+
+    async def load_many(self, id_hashes: Sequence[str]) -> list[StoredSession]:
+        """One ``SELECT ... WHERE id_hash IN (...)`` per ``LOAD_MANY_BATCH`` hashes
+        (parameter limits), through the maintenance connections."""
+        for listener in self.statement_listeners:
+            listener("load_many")
+        t = self.table
+        columns = [c for c in t.c if c.name not in ("payload", "client")]
+        found: list[StoredSession] = []
+        keys = list(dict.fromkeys(id_hashes))
+        for start in range(0, len(keys), LOAD_MANY_BATCH):
+            batch = keys[start : start + LOAD_MANY_BATCH]
+            query = select(*columns, literal(b"").label("payload")).where(t.c.id_hash.in_(batch))
+            found += await self._rows(query)
+        return found
 
     async def sessions_of(self, user_hashes: Sequence[str]) -> list[StoredSession]:
         t = self.table
