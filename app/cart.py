@@ -16,6 +16,8 @@ from quart import (
     url_for,
 )
 
+from quartsess import exclusive
+
 from .flashes import flash
 
 bp = Blueprint("cart", __name__, url_prefix="/cart")
@@ -118,6 +120,7 @@ async def show() -> ResponseReturnValue:
 
 
 @bp.post("/add")
+@exclusive
 async def add() -> ResponseReturnValue:
     """Add some of a product (one by default), up to the maximum."""
     product_id = await _form_product(in_cart=False)
@@ -132,6 +135,7 @@ async def add() -> ResponseReturnValue:
 
 
 @bp.post("/update")
+@exclusive
 async def update() -> ResponseReturnValue:
     """Set the quantity of a product in the cart; 0 removes it."""
     product_id = await _form_product(in_cart=True)
@@ -147,6 +151,7 @@ async def update() -> ResponseReturnValue:
 
 
 @bp.post("/remove")
+@exclusive
 async def remove() -> ResponseReturnValue:
     """Take a product out of the cart."""
     product_id = await _form_product(in_cart=True)
@@ -156,6 +161,7 @@ async def remove() -> ResponseReturnValue:
 
 
 @bp.post("/clear")
+@exclusive
 async def clear() -> ResponseReturnValue:
     """Empty the cart."""
     session.pop("cart", None)

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, ResponseReturnValue, render_template, request, websocket
 
-from quartsess import session
+from quartsess import exclusive, session
 
 from .auth import current_user, login_required
 from .cart import cart_count
@@ -50,8 +50,10 @@ async def dashboard() -> ResponseReturnValue:
 
 
 @bp.get("/visits")
+@exclusive
 async def visits() -> ResponseReturnValue:
-    """Each view counts a visit; the page's script can count more over a websocket."""
+    """Each view counts a visit (one at a time: two tabs loading it at once both count);
+    the page's script can count more over a websocket."""
     return await render_template("visits.html", visits=count_visit())
 
 

@@ -138,6 +138,19 @@ async def bench_backend(backend: str, n: int, batches: int, workdir: Path) -> di
             results["open+save read-modify-write"] = await timed(rmw, n, batches)
             results["open+save new visitor"] = await timed(new, n, batches)
             if isinstance(interface, ServerSessionInterface):
+                server_interface = interface
+
+                async def rmw_exclusive(i: int) -> None:
+                    # What an @exclusive route adds: the lease taken, then released after
+                    # the save (two statements).
+                    session = await server_interface.open_session(app, requests[i % SESSIONS])
+                    await server_interface.hold(session)
+                    session["visits"] = session.get("visits", 0) + 1
+                    await server_interface.save_session(app, session, Response("ok"))
+
+                results["open+hold+save read-modify-write (@exclusive)"] = await timed(
+                    rmw_exclusive, n, batches
+                )
                 results.update(await parts(interface, cookies, n, batches))
         finally:
             for func in app.after_serving_funcs:

@@ -44,12 +44,13 @@ nitpick_ignore_regex = [
     # quartsess's private modules: the public names are documented under quartsess.
     (
         "py:.*",
-        r"quartsess\.(stores\.\w+|users|saving|serializer|keys|clock|pruner|codec|interface|session|config|ids|expiry|lifecycle|owners|sealing|kept|rotation|extension|live)\..*",
+        r"quartsess\.(stores\.\w+|users|saving|serializer|keys|clock|pruner|codec|interface|session|config|ids|expiry|lifecycle|owners|sealing|kept|rotation|extension|live|holds|exclusive)\..*",
     ),
     ("py:class", r"(datetime|SansIOResponse)"),
     ("py:class", r"(Quart|Response|WerkzeugResponse|BaseRequestWebsocket|URL|SessionMixin)"),
     ("py:class", r"(CallbackDict|SessionInterface|ServiceUnavailable|Clock|StoredSession)"),
-    ("py:class", r"(SessionSaver|SessionParts|Lifecycle|OwnerKeys|ExpiryPolicy|LiveWebsockets)"),
+    ("py:class", r"(SessionSaver|SessionParts|Lifecycle|OwnerKeys|ExpiryPolicy)"),
+    ("py:class", r"(LiveWebsockets|Hold|SessionHolds|~?P|~?T)"),
     ("py:class", r"(SessionStore|PayloadCodec|Pruner|Mapping|Any|Iterator|KeysView)"),
     ("py:class", r"(ValuesView|ItemsView|Table|MetaData|Exception|ValueError|TypeError)"),
     ("py:class", r"(Loaded|Persist|AnyResponse|Self|AbstractAsyncContextManager|SessionConfig)"),

@@ -19,12 +19,14 @@ from .errors import (
     InvalidPayload,
     QuartSessError,
     SaveConflict,
+    SessionBusy,
     SessionNotSerializable,
     SessionStoreUnavailable,
     SessionTooLarge,
     StoreError,
     TableMissing,
 )
+from .exclusive import exclusive
 from .extension import Session
 from .interface import ServerSessionInterface
 from .keys import generate_key
@@ -58,6 +60,7 @@ __all__ = [
     "ServerSession",
     "ServerSessionInterface",
     "Session",
+    "SessionBusy",
     "SessionConfig",
     "SessionInfo",
     "SessionNotSerializable",
@@ -67,6 +70,7 @@ __all__ = [
     "StoreError",
     "TableMissing",
     "build_table",
+    "exclusive",
     "generate_key",
     "metadata",
     "session",

@@ -25,6 +25,7 @@ DEFAULT_TOUCH_INTERVAL = 60
 DEFAULT_SQLITE_FILE = "quartsess.sqlite3"
 DEFAULT_USER_KEY = "user_id"
 DEFAULT_WEBSOCKET_CHECK_INTERVAL = 1.0
+DEFAULT_EXCLUSIVE_TIMEOUT = 10.0
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 
 # Our settings, and Quart's own SESSION_* settings (which keep their Quart meaning).
@@ -45,6 +46,7 @@ OWN_KEYS = frozenset(
         "SESSION_ANONYMOUS_IDLE_TIMEOUT",
         "SESSION_RECORD_CLIENT",
         "SESSION_WEBSOCKET_CHECK_INTERVAL",
+        "SESSION_EXCLUSIVE_TIMEOUT",
     }
 )
 QUART_KEYS = frozenset(
@@ -151,6 +153,7 @@ class SessionConfig:
     anonymous_idle_timeout: int | None = None
     record_client: bool = True
     websocket_check_interval: float | None = DEFAULT_WEBSOCKET_CHECK_INTERVAL
+    exclusive_timeout: float = DEFAULT_EXCLUSIVE_TIMEOUT
 
     def __repr__(self) -> str:
         return (
@@ -162,7 +165,8 @@ class SessionConfig:
             f"user_key={self.user_key!r}, max_per_user={self.max_per_user}, "
             f"anonymous_idle_timeout={self.anonymous_idle_timeout}, "
             f"record_client={self.record_client}, "
-            f"websocket_check_interval={self.websocket_check_interval})"
+            f"websocket_check_interval={self.websocket_check_interval}, "
+            f"exclusive_timeout={self.exclusive_timeout})"
         )
 
     @property
@@ -249,6 +253,12 @@ class SessionConfig:
                 "SESSION_WEBSOCKET_CHECK_INTERVAL",
                 "must be a positive number of seconds, or None to turn the checks off",
             )
+        exclusive_timeout = _number(config, "SESSION_EXCLUSIVE_TIMEOUT", DEFAULT_EXCLUSIVE_TIMEOUT)
+        if exclusive_timeout <= 0:
+            raise ConfigurationError(
+                "SESSION_EXCLUSIVE_TIMEOUT",
+                "must be a positive number of seconds (how long an @exclusive request waits)",
+            )
         record_client = config.get("SESSION_RECORD_CLIENT", True)
         if not isinstance(record_client, bool):
             raise ConfigurationError("SESSION_RECORD_CLIENT", "must be True or False")
@@ -268,6 +278,7 @@ class SessionConfig:
             anonymous_idle_timeout=anonymous,
             record_client=record_client,
             websocket_check_interval=None if websocket_check is None else float(websocket_check),
+            exclusive_timeout=exclusive_timeout,
         )
 
 

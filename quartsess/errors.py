@@ -112,6 +112,21 @@ class TableOutdated(TableMissing):
         self.missing = missing
 
 
+class SessionBusy(QuartSessError, ServiceUnavailable):
+    """Another request of the session held it (``@exclusive``) for longer than
+    ``SESSION_EXCLUSIVE_TIMEOUT``: a 503 with ``Retry-After``."""
+
+    description = "This session is busy with another request. Please try again in a moment."
+
+    def __init__(self, waited: float) -> None:
+        ServiceUnavailable.__init__(self, retry_after=RETRY_AFTER_SECONDS)
+        self.waited = waited
+        self.args = (f"another request held the session for over {waited:g} s",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class SaveConflict(QuartSessError):
     """Concurrent writers of one session kept winning, so this save gave up."""
 

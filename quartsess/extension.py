@@ -16,6 +16,7 @@ from .codec import PayloadCodec
 from .config import SessionConfig, setting_warnings
 from .errors import StoreError, TableMissing
 from .expiry import ExpiryPolicy
+from .holds import SessionHolds
 from .interface import ServerSessionInterface
 from .lifecycle import Lifecycle
 from .live import LiveWebsockets
@@ -53,6 +54,7 @@ class SessionParts:
     saver: SessionSaver
     pruner: Pruner
     live: LiveWebsockets
+    holds: SessionHolds
     interface: ServerSessionInterface
 
 
@@ -151,9 +153,21 @@ class Session:
         )
         pruner = Pruner(lifecycle, clock=self._clock, interval=config.prune_interval)
         live = LiveWebsockets(saver, config.websocket_check_interval)
-        interface = self.interface_class(saver, config, live)
+        holds = SessionHolds(saver, config.exclusive_timeout)
+        interface = self.interface_class(saver, config, live, holds)
         return SessionParts(
-            config, store, codec, owners, policy, lifecycle, users, saver, pruner, live, interface
+            config,
+            store,
+            codec,
+            owners,
+            policy,
+            lifecycle,
+            users,
+            saver,
+            pruner,
+            live,
+            holds,
+            interface,
         )
 
     def make_store(self, config: SessionConfig) -> MaintainedStore:

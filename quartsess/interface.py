@@ -21,6 +21,7 @@ from .errors import (
     StoreError,
     TableMissing,
 )
+from .holds import Hold, SessionHolds
 from .ids import hash_session_id, is_well_formed, log_id
 from .live import LiveWebsockets
 from .owners import Client
@@ -53,12 +54,18 @@ class ServerSessionInterface(SessionInterface):
     null_session_class = UnavailableSession  # type: ignore[assignment]
 
     def __init__(
-        self, saver: SessionSaver, config: SessionConfig, live: LiveWebsockets | None = None
+        self,
+        saver: SessionSaver,
+        config: SessionConfig,
+        live: LiveWebsockets | None = None,
+        holds: SessionHolds | None = None,
     ) -> None:
         self.saver = saver
         self.config = config
         #: The worker's open websockets, closed when their session ends elsewhere.
         self.live = live if live is not None else LiveWebsockets(saver, None)
+        #: The holds of ``@exclusive`` routes.
+        self.holds = holds if holds is not None else SessionHolds(saver, config.exclusive_timeout)
         self.policy = saver.policy
         self.clock = saver.clock
         # Saves in flight, by ID hash: the next request of that session waits for its save.
@@ -138,10 +145,26 @@ class ServerSessionInterface(SessionInterface):
         still stored, but no cookie can be sent."""
         if not isinstance(session, ServerSession) or self.is_null_session(session):
             return
+        hold = session.take_hold()
+        save: asyncio.Future[None] | None = None
+        try:
+            save = self._start_save(app, session, response)
+        finally:
+            released = None if hold is None else self._release_after(hold, save)
+        if save is not None:
+            await asyncio.shield(save)
+        if released is not None:
+            await asyncio.shield(released)
+
+    def _start_save(
+        self, app: Quart, session: ServerSession, response: AnyResponse | None
+    ) -> asyncio.Future[None] | None:
+        """Decide the save and start its write; the write's task, or ``None`` when
+        nothing was left to wait for."""
         if session.unstorable:
             # The error response of a failed save is saved too (Quart finalizes it):
             # the error was raised and logged once already.
-            return
+            return None
         if response is not None and session.read_by_app:
             _vary_on_cookie(response)
         try:
@@ -160,7 +183,7 @@ class ServerSessionInterface(SessionInterface):
             # The common read-only request: no statement, so no task either.
             if response is not None:
                 self._send_cookie(app, session, response, decision.result)
-            return
+            return None
         # A client that disconnects cancels the request task (always so for websockets,
         # whose save runs after the handler); the write must finish regardless, and the
         # next request of the same session in this process waits for it. A write that
@@ -173,16 +196,61 @@ class ServerSessionInterface(SessionInterface):
         if self.saver.store.writes_inline:
             save = start_eagerly(writing)
             if save is None:
-                return
+                return None
         else:
             save = asyncio.ensure_future(writing)
-        self._saves.add(save)
-        save.add_done_callback(self._saves.discard)
+        self._track(save)
         if loaded is not None:
             id_hash = loaded.record.id_hash
             self._pending_saves[id_hash] = save
             save.add_done_callback(lambda _: self._forget_pending(id_hash, save))
-        await asyncio.shield(save)
+        return save
+
+    # -- @exclusive -------------------------------------------------------------------
+
+    async def hold(self, session: SessionMixin) -> None:
+        """Hold ``session`` for the rest of the request (``@exclusive``): wait until no
+        other request of it holds it, on any worker, and bring the session up to date
+        with what the last holder saved. Released once this request's save is done.
+
+        A session that is not stored has nothing to wait for. Raises
+        :class:`~quartsess.SessionBusy` after ``SESSION_EXCLUSIVE_TIMEOUT`` seconds."""
+        if not isinstance(session, ServerSession) or session.loaded is None:
+            return
+        if self.is_null_session(session):
+            raise SessionStoreUnavailable()
+        if session.hold is not None:
+            return  # held already (a view decorated twice)
+        try:
+            hold, fresh = await self.holds.take(session.loaded)
+        except StoreError as error:
+            logger.error("session not held for an @exclusive route: %s", _failure(error))
+            raise
+        session.held(hold, fresh)
+        task = asyncio.current_task()
+        if hold is not None and task is not None:
+            # Should the request never reach its save (its client went), the hold is
+            # released when its task ends, not when the lease runs out.
+            task.add_done_callback(lambda _: self._release_unsaved(session))
+
+    def _release_unsaved(self, session: ServerSession) -> None:
+        hold = session.take_hold()
+        if hold is not None:
+            self._release_after(hold, None)
+
+    def _release_after(self, hold: Hold, save: asyncio.Future[None] | None) -> asyncio.Future[None]:
+        async def release() -> None:
+            if save is not None:
+                await asyncio.wait([save])
+            await self.holds.release(hold)
+
+        released = asyncio.ensure_future(release())
+        self._track(released)
+        return released
+
+    def _track(self, future: asyncio.Future[None]) -> None:
+        self._saves.add(future)
+        future.add_done_callback(self._saves.discard)
 
     async def _save_and_send(
         self,

@@ -507,19 +507,34 @@ def merge_changes(
     theirs: dict[str, Any],
     same: Callable[[Any, Any], bool] | None = None,
 ) -> dict[str, Any]:
-    """Apply the keys this request changed (relative to ``base``) onto ``theirs``:
-    keys changed by only one side survive from that side; a key both changed takes ours.
+    """Apply what this request changed (relative to ``base``, what it loaded) onto
+    ``theirs`` (the newer row), key by key at every depth of nested dicts.
+
+    A key changed by only one side keeps that side's value. A key both changed keeps
+    ours: this save is the later one. A deletion counts as a change, so a key one side
+    deleted and the other changed follows the later save too. Where ours and theirs are
+    both dicts, their keys are merged the same way (a dict both sides created counts as
+    an empty one before); other values (lists, tuples, strings, ...) are replaced whole.
 
     "Changed" means what the save means by it: a value that serializes differently, so
     ``True`` replaced by ``1`` or a list by a tuple is a change (``same`` decides)."""
     unchanged = same or same_value
     merged = dict(theirs)
     for key in base.keys() | ours.keys():
-        if key in ours:
-            if key not in base or not unchanged(base[key], ours[key]):
-                merged[key] = ours[key]
-        elif key in merged:
-            del merged[key]
+        if key not in ours:  # we deleted it
+            merged.pop(key, None)
+            continue
+        mine = ours[key]
+        if key in base and unchanged(base[key], mine):
+            continue  # not ours to change: theirs stands
+        current = theirs.get(key)
+        if type(mine) is dict and type(current) is dict:
+            before = base.get(key)
+            merged[key] = merge_changes(
+                before if type(before) is dict else {}, mine, current, unchanged
+            )
+        else:
+            merged[key] = mine
     return merged
 
 

@@ -39,7 +39,9 @@ def build_table(
     ``expires_at`` (indexed, for pruning), and for user sessions ``handle`` (a random
     name of the session, stable across new IDs, safe to show), ``user_hash`` (an HMAC of
     the user, never the user itself; indexed) and ``client`` (the User-Agent and IP
-    address, encrypted). The last three are NULL in rows written before revision 0002.
+    address, encrypted), NULL in rows written before revision 0002; and the lease an
+    ``@exclusive`` route holds on the row, ``lease_owner`` and ``lease_until`` (epoch
+    seconds), NULL when nobody holds it (revision 0003).
     """
     return Table(
         name,
@@ -53,6 +55,8 @@ def build_table(
         Column("handle", String(32), nullable=True),
         Column("user_hash", String(64), nullable=True),
         Column("client", LargeBinary, nullable=True),
+        Column("lease_owner", String(32), nullable=True),
+        Column("lease_until", BigInteger, nullable=True),
         Index(f"ix_{name}_expires_at", "expires_at"),
         Index(f"ix_{name}_user_hash", "user_hash"),
         Index(f"ux_{name}_handle", "handle", unique=True),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from quart.sessions import SessionMixin
 from werkzeug.datastructures import CallbackDict
@@ -12,6 +12,9 @@ from werkzeug.datastructures import CallbackDict
 from .errors import SessionStoreUnavailable
 from .owners import Client
 from .saving import Loaded, SaveOutcome
+
+if TYPE_CHECKING:
+    from .holds import Hold
 
 Persist = Callable[["ServerSession"], Awaitable[None]]
 
@@ -28,6 +31,7 @@ class _State:
     cleared: bool = False
     read: bool = False
     unstorable: bool = False
+    hold: Hold | None = None
 
 
 class ServerSession(CallbackDict[str, Any], SessionMixin):
@@ -131,6 +135,33 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
 
     def mark_unstorable(self) -> None:
         self._state.unstorable = True
+
+    @property
+    def hold(self) -> Hold | None:
+        """The hold an ``@exclusive`` route took on the row (released after the save)."""
+        return self._state.hold
+
+    def held(
+        self, hold: Hold | None, fresh: tuple[Loaded, dict[str, Any]] | Literal[False] | None
+    ) -> None:
+        """Take on a hold and what it found: the newer row and its content, ``None``
+        (the session ended meanwhile: an empty, new session) or ``False`` (what was
+        loaded is current). Called before the view runs, so nothing read is lost."""
+        state = self._state
+        state.hold = hold
+        if fresh is False:
+            return
+        loaded, data = (None, {}) if fresh is None else fresh
+        dict.clear(self)
+        dict.update(self, data)
+        state.loaded = loaded
+        state.loaded_permanent = self._stored_permanent()
+        self.new = loaded is None
+
+    def take_hold(self) -> Hold | None:
+        """The hold to release now (``None`` if there is none or it was taken already)."""
+        hold, self._state.hold = self._state.hold, None
+        return hold
 
     def contents(self) -> dict[str, Any]:
         """A copy of the data, without counting as a read."""

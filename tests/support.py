@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from dataclasses import fields
 from typing import Any, TypeVar
 
 from quart import Quart, Response, jsonify, request, session
@@ -142,7 +143,8 @@ async def stored_rows(app: Quart) -> list[StoredSession]:
     t = store.table
 
     def work(connection: Connection) -> list[StoredSession]:
-        result = connection.execute(select(t).order_by(t.c.created_at))
+        columns = [t.c[f.name] for f in fields(StoredSession)]  # not the lease's
+        result = connection.execute(select(*columns).order_by(t.c.created_at))
         return [
             StoredSession(
                 row.id_hash,

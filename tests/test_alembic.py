@@ -109,7 +109,7 @@ async def test_upgrade_head_creates_the_table_and_downgrade_base_drops_it(
     described = await describe(engine, table_name)
     assert described == {
         "exists": True,
-        "columns": [*COLUMNS_0001, "handle", "user_hash", "client"],
+        "columns": [*COLUMNS_0001, "handle", "user_hash", "client", "lease_owner", "lease_until"],
         "primary_key": ["id_hash"],
         "indexes": {
             f"ix_{table_name}_expires_at": ["expires_at"],
@@ -117,7 +117,12 @@ async def test_upgrade_head_creates_the_table_and_downgrade_base_drops_it(
             f"ux_{table_name}_handle": ["handle"],
         },
     }
-    assert await current_revision(engine, table_name) == ["0002"]
+    assert await current_revision(engine, table_name) == ["0003"]
+    await migrate(db_url, table_name, "downgrade", "0002")
+    assert (await describe(engine, table_name))["columns"] == [
+        *COLUMNS_0001,
+        *("handle", "user_hash", "client"),
+    ]
     await migrate(db_url, table_name, "downgrade", "0001")
     assert (await describe(engine, table_name))["columns"] == COLUMNS_0001
 
@@ -253,7 +258,7 @@ async def test_url_and_table_come_from_the_environment_like_the_app(
     engine = create_async_engine(env["QUARTSESS_DB_URL"])
     try:
         assert (await describe(engine, "envtab"))["exists"]
-        assert await current_revision(engine, "envtab") == ["0002"]
+        assert await current_revision(engine, "envtab") == ["0003"]
     finally:
         await engine.dispose()
 

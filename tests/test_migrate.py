@@ -40,6 +40,7 @@ Session(app)
 COLUMNS = [
     *("id_hash", "payload", "version", "created_at", "touched_at", "expires_at"),
     *("handle", "user_hash", "client"),
+    *("lease_owner", "lease_until"),
 ]
 
 
@@ -101,12 +102,12 @@ async def test_migrate_upgrade_current_check_downgrade_stamp_from_the_wheel(
     assert f"{table_name}: no revision recorded" in await yourapp.succeeds("current")
 
     output = await yourapp.succeeds()  # no subcommand: upgrade head
-    assert "Running upgrade  -> 0001" in output and "Running upgrade 0001 -> 0002" in output
-    assert f"{table_name}: at revision 0002 (head)" in output
+    assert "Running upgrade  -> 0001" in output and "Running upgrade 0002 -> 0003" in output
+    assert f"{table_name}: at revision 0003 (head)" in output
     assert (await describe(engine, table_name))["columns"] == COLUMNS
-    assert await current_revision(engine, table_name) == ["0002"]
+    assert await current_revision(engine, table_name) == ["0003"]
     assert "Running upgrade" not in await yourapp.succeeds("upgrade")  # nothing left to do
-    assert f"{table_name}: at revision 0002 (head)" in await yourapp.succeeds("current")
+    assert f"{table_name}: at revision 0003 (head)" in await yourapp.succeeds("current")
     assert "matches quartsess's definition" in await yourapp.succeeds("check")
 
     index = f"ix_{table_name}_expires_at"
@@ -124,7 +125,7 @@ async def test_migrate_upgrade_current_check_downgrade_stamp_from_the_wheel(
     assert await current_revision(engine, table_name) == []
 
     # Stamped at head without the table: check sees the table missing.
-    assert f"{table_name}: at revision 0002 (head)" in await yourapp.succeeds("stamp", "head")
+    assert f"{table_name}: at revision 0003 (head)" in await yourapp.succeeds("stamp", "head")
     assert await describe(engine, table_name) == {"exists": False}
     assert "add_table" in await yourapp.fails("check")
 
@@ -174,8 +175,8 @@ async def test_from_the_source_checkout_it_runs_the_repositorys_alembic_folder(
     app = add_routes(make_app(SESSION_CREATE_TABLE=False, SESSION_PRUNE_INTERVAL=0))
     result = await invoke(app)
     assert result.exit_code == 0, result.output
-    assert f"{table_name}: at revision 0002 (head)" in result.output
-    assert await current_revision(engine, table_name) == ["0002"]
+    assert f"{table_name}: at revision 0003 (head)" in result.output
+    assert await current_revision(engine, table_name) == ["0003"]
     async with app.test_app() as test_app:
         assert (await test_app.test_client().get("/visits")).status_code == 200
         assert len(await stored_rows(app)) == 1

@@ -37,6 +37,105 @@ MERGES: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any], dict[str
         {"cart": {"tea": 1}, "user": "ada"},
         {"cart": {"tea": 2}, "user": "ada"},
     ),
+    # -- at every depth of nested dicts --
+    (
+        "each side added a different product to the cart",
+        {"cart": {}},
+        {"cart": {"tea": 1}},
+        {"cart": {"mug": 1}},
+        {"cart": {"mug": 1, "tea": 1}},
+    ),
+    (
+        "each side created the cart with a product",
+        {},
+        {"cart": {"tea": 1}},
+        {"cart": {"mug": 1}},
+        {"cart": {"mug": 1, "tea": 1}},
+    ),
+    (
+        "each side changed a different product",
+        {"cart": {"tea": 1, "mug": 1}},
+        {"cart": {"tea": 2, "mug": 1}},
+        {"cart": {"tea": 1, "mug": 3}},
+        {"cart": {"tea": 2, "mug": 3}},
+    ),
+    (
+        "both changed one product: the later save's value (a merge cannot add)",
+        {"cart": {"tea": 1}},
+        {"cart": {"tea": 2}},
+        {"cart": {"tea": 2}},
+        {"cart": {"tea": 2}},
+    ),
+    (
+        "three levels deep, one key each",
+        {"a": {"b": {"c": 1, "d": 1}}},
+        {"a": {"b": {"c": 2, "d": 1}}},
+        {"a": {"b": {"c": 1, "d": 3}, "e": 1}},
+        {"a": {"b": {"c": 2, "d": 3}, "e": 1}},
+    ),
+    (
+        "they removed a product we did not touch",
+        {"cart": {"tea": 1, "mug": 1}},
+        {"cart": {"tea": 2, "mug": 1}},
+        {"cart": {"tea": 1}},
+        {"cart": {"tea": 2}},
+    ),
+    (
+        "we removed a product they changed: the later save's deletion",
+        {"cart": {"tea": 1, "mug": 1}},
+        {"cart": {"mug": 1}},
+        {"cart": {"tea": 5, "mug": 1}},
+        {"cart": {"mug": 1}},
+    ),
+    (
+        "they removed a product we changed: the later save's change",
+        {"cart": {"tea": 1, "mug": 1}},
+        {"cart": {"tea": 2, "mug": 1}},
+        {"cart": {"mug": 1}},
+        {"cart": {"tea": 2, "mug": 1}},
+    ),
+    (
+        "we emptied the cart (a change) while they added to it",
+        {"cart": {"tea": 1}},
+        {"cart": {}},
+        {"cart": {"tea": 1, "mug": 1}},
+        {"cart": {"mug": 1}},
+    ),
+    (
+        "we deleted the whole cart while they changed it",
+        {"cart": {"tea": 1}, "n": 1},
+        {"n": 1},
+        {"cart": {"tea": 2}, "n": 1},
+        {"n": 1},
+    ),
+    (
+        "they deleted the whole cart while we changed it",
+        {"cart": {"tea": 1}},
+        {"cart": {"tea": 2}},
+        {},
+        {"cart": {"tea": 2}},
+    ),
+    (
+        "lists are replaced whole",
+        {"seen": [1]},
+        {"seen": [1, 2]},
+        {"seen": [1, 3]},
+        {"seen": [1, 2]},
+    ),
+    (
+        "a dict we replaced by a list replaces theirs whole",
+        {"cart": {"tea": 1}},
+        {"cart": ["tea"]},
+        {"cart": {"tea": 1, "mug": 1}},
+        {"cart": ["tea"]},
+    ),
+    (
+        "a nested value's type counts: 1 replaced by 1.0 inside the cart",
+        {"cart": {"tea": 1, "mug": 1}},
+        {"cart": {"tea": 1.0, "mug": 1}},
+        {"cart": {"tea": 1, "mug": 2}},
+        {"cart": {"tea": 1.0, "mug": 2}},
+    ),
 ]
 
 
@@ -48,10 +147,16 @@ MERGES: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any], dict[str
 def test_merge_changes(
     base: dict[str, Any], ours: dict[str, Any], theirs: dict[str, Any], merged: dict[str, Any]
 ) -> None:
-    assert merge_changes(base, ours, theirs) == merged
-    assert [type(v) for v in merge_changes(base, ours, theirs).values()] == [
-        type(v) for v in merged.values()
-    ]
+    result = merge_changes(base, ours, theirs)
+    assert result == merged
+    assert types_of(result) == types_of(merged)
+
+
+def types_of(value: Any) -> Any:
+    """The value's shape with every leaf replaced by its type (1 and 1.0 differ)."""
+    if isinstance(value, dict):
+        return {key: types_of(item) for key, item in value.items()}
+    return type(value)
 
 
 def make_saver(
@@ -91,6 +196,22 @@ INTERLEAVINGS: list[
         {"n": 0, "b": 1},
         SaveResult.KEPT,
         [{"n": 0, "a": 1, "b": 1}],
+    ),
+    (
+        "two products added to one cart by two requests both survive",
+        {"cart": {}},
+        {"cart": {"tea": 1}},
+        {"cart": {"mug": 1}},
+        SaveResult.KEPT,
+        [{"cart": {"mug": 1, "tea": 1}}],
+    ),
+    (
+        "a login that lost a race to a cart change carries the nested change",
+        {"cart": {"tea": 1}},
+        {"cart": {"tea": 1, "mug": 1}},
+        ("regenerate", {"cart": {"tea": 1}, "user": "ada"}),
+        SaveResult.ISSUED,
+        [{"cart": {"tea": 1, "mug": 1}, "user": "ada"}],
     ),
     (
         "a key both changed keeps the later save's value",

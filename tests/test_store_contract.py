@@ -253,3 +253,28 @@ async def test_closing_while_a_cancelled_callers_work_still_runs_leaves_the_loop
     finally:
         watchdog.cancel()
         release.set()
+
+
+async def test_a_lease_is_taken_only_when_free_and_on_the_loaded_version(
+    store: MaintainedStore,
+) -> None:
+    await store.insert(row(H1, version=3))
+    assert not await store.take_lease(H1, version=2, owner="a", until=110, now=100)
+    assert await store.take_lease(H1, version=3, owner="a", until=110, now=100)
+    assert not await store.take_lease(H1, version=3, owner="b", until=115, now=105)  # held
+    assert not await store.renew_lease(H1, owner="b", until=120)  # not b's
+    assert await store.renew_lease(H1, owner="a", until=120)
+    assert not await store.take_lease(H1, version=3, owner="b", until=125, now=115)
+    assert await store.take_lease(H1, version=3, owner="b", until=130, now=120)  # ran out
+    await store.release_lease(H1, owner="a")  # a lost it: nothing happens
+    assert not await store.take_lease(H1, version=3, owner="c", until=130, now=121)
+    await store.release_lease(H1, owner="b")
+    assert await store.take_lease(H1, version=3, owner="c", until=130, now=121)
+    # Writes leave the lease alone; deleting the row ends it.
+    stored = await store.load(H1)
+    assert stored is not None
+    assert await store.update(replace(stored, payload=b"x", version=4), previous=stored)
+    assert not await store.take_lease(H1, version=4, owner="d", until=140, now=122)
+    assert await store.delete(H1)
+    assert not await store.renew_lease(H1, owner="c", until=150)
+    assert not await store.take_lease(H1, version=4, owner="d", until=140, now=200)

@@ -97,6 +97,23 @@ class SessionStore(Protocol):
         """Delete the row if it still has ``version``; False if it changed or is gone."""
         ...
 
+    async def take_lease(
+        self, id_hash: str, *, version: int, owner: str, until: int, now: int
+    ) -> bool:
+        """Hold the row's lease for ``owner`` until ``until`` (epoch seconds), if the row
+        still has ``version`` and nobody holds the lease at ``now`` (none, or expired).
+        False otherwise, or if the row is gone. The lease is independent of every other
+        write: content writes and touches leave it, deleting the row ends it."""
+        ...
+
+    async def renew_lease(self, id_hash: str, *, owner: str, until: int) -> bool:
+        """Move the end of ``owner``'s lease to ``until``; False if ``owner`` lost it."""
+        ...
+
+    async def release_lease(self, id_hash: str, *, owner: str) -> None:
+        """End ``owner``'s lease (nothing if another holds it now, or the row is gone)."""
+        ...
+
     async def load_many(self, id_hashes: Sequence[str]) -> list[StoredSession]:
         """The rows of these ID hashes that exist, without payloads and clients, in one
         statement: a worker's periodic check of its open websockets' sessions."""

@@ -28,6 +28,8 @@ class MemoryStore:
     def __init__(self, table: str = "quart_sessions") -> None:
         self.table_name = table
         self.rows: dict[str, StoredSession] = {}
+        #: The lease of each row that has one: (owner, until).
+        self.leases: dict[str, tuple[str, int]] = {}
         self._locks: set[str] = set()
         #: Called with each per-request operation's name before it runs, as
         #: :class:`~quartsess.stores.sql.SqlStore` does: for tests that count or
@@ -88,6 +90,7 @@ class MemoryStore:
 
     async def delete(self, id_hash: str) -> bool:
         self._before("delete")
+        self.leases.pop(id_hash, None)
         return self.rows.pop(id_hash, None) is not None
 
     async def delete_version(self, id_hash: str, version: int) -> bool:
@@ -96,7 +99,33 @@ class MemoryStore:
         if row is None or row.version != version:
             return False
         del self.rows[id_hash]
+        self.leases.pop(id_hash, None)
         return True
+
+    async def take_lease(
+        self, id_hash: str, *, version: int, owner: str, until: int, now: int
+    ) -> bool:
+        self._before("take_lease")
+        row = self.rows.get(id_hash)
+        held = self.leases.get(id_hash)
+        if row is None or row.version != version or (held is not None and held[1] > now):
+            return False
+        self.leases[id_hash] = (owner, until)
+        return True
+
+    async def renew_lease(self, id_hash: str, *, owner: str, until: int) -> bool:
+        self._before("renew_lease")
+        held = self.leases.get(id_hash)
+        if id_hash not in self.rows or held is None or held[0] != owner:
+            return False
+        self.leases[id_hash] = (owner, until)
+        return True
+
+    async def release_lease(self, id_hash: str, *, owner: str) -> None:
+        self._before("release_lease")
+        held = self.leases.get(id_hash)
+        if held is not None and held[0] == owner:
+            del self.leases[id_hash]
 
     async def load_many(self, id_hashes: Sequence[str]) -> list[StoredSession]:
         self._before("load_many")
@@ -124,6 +153,7 @@ class MemoryStore:
         )[:limit]
         for row in expired:
             del self.rows[row.id_hash]
+            self.leases.pop(row.id_hash, None)
         return len(expired)
 
     @asynccontextmanager
@@ -183,4 +213,5 @@ class MemoryStore:
         gone = [row for row in self.rows.values() if condition(row)]
         for row in gone:
             del self.rows[row.id_hash]
+            self.leases.pop(row.id_hash, None)
         return [replace(row, client=None) for row in gone]

@@ -23,6 +23,7 @@ from sqlalchemy import (
     insert,
     inspect,
     literal,
+    null,
     or_,
     select,
     text,
@@ -70,6 +71,8 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, sql
 #: ID hashes per statement of :meth:`SqlStore.load_many` (well within every database's
 #: limit on parameters).
 LOAD_MANY_BATCH = 1000
+#: The lease's columns (revision 0003), which only @exclusive routes read and write.
+_LEASE_COLUMNS = ("lease_owner", "lease_until")
 #: The columns of the sessions table, in the order of StoredSession's fields.
 _COLUMNS = tuple(f.name for f in fields(StoredSession))
 # Rows per DELETE of the pruner. On SQLite a batch holds the database's single write
@@ -106,6 +109,7 @@ class SqlStore:
         self.dialect: Dialect = self.connections.dialect
         self.table: Table = build_table(MetaData(), table_name, dialect=self.dialect.name)
         self._ready = False
+        self._missing_lease: list[str] = []
         self._hot = _hot_statements(self.table, self.dialect)
         #: Callables told the name of each per-request statement before it runs
         #: (``"load"``, ``"insert"``, ``"update"``, ``"touch"``, ``"delete"``, ``"load_many"``,
@@ -199,6 +203,10 @@ class SqlStore:
         elif not await self.table_exists():
             raise TableMissing(self.table.name, url)
         missing = await self._missing_columns()
+        # Only @exclusive routes use the lease (revision 0003): a table without it serves
+        # every other request.
+        self._missing_lease = [name for name in missing if name in _LEASE_COLUMNS]
+        missing = [name for name in missing if name not in _LEASE_COLUMNS]
         if missing:
             raise TableOutdated(self.table.name, url, missing)
         self._ready = True
@@ -209,6 +217,29 @@ class SqlStore:
 
         present = await self.run(columns)
         return [c.name for c in self.table.columns if c.name not in present]
+
+    # -- leases (@exclusive) ------------------------------------------------------------
+
+    async def take_lease(
+        self, id_hash: str, *, version: int, owner: str, until: int, now: int
+    ) -> bool:
+        self._require_lease()
+        params = {"h": id_hash, "old_version": version, "owner": owner, "until": until, "now": now}
+        return await self._hot_rowcount("take_lease", params) == 1
+
+    async def renew_lease(self, id_hash: str, *, owner: str, until: int) -> bool:
+        self._require_lease()
+        params = {"h": id_hash, "owner": owner, "until": until}
+        return await self._hot_rowcount("renew_lease", params) == 1
+
+    async def release_lease(self, id_hash: str, *, owner: str) -> None:
+        self._require_lease()
+        await self._hot_rowcount("release_lease", {"h": id_hash, "owner": owner})
+
+    def _require_lease(self) -> None:
+        if self._missing_lease:
+            url = self.connections.url.render_as_string(hide_password=True)
+            raise TableOutdated(self.table.name, url, self._missing_lease)
 
     def _create_table(self, connection: Connection) -> None:
         if connection.dialect.name == "postgresql":
@@ -440,7 +471,8 @@ class SqlStore:
         start), in id_hash order: walks the whole table in batches without holding
         anything between them."""
         t = self.table
-        query = select(*t.c).where(t.c.id_hash > after).order_by(t.c.id_hash).limit(limit)
+        query = select(*_row_columns(t)).where(t.c.id_hash > after).order_by(t.c.id_hash)
+        query = query.limit(limit)
         return await self._rows(query)
 
     async def replace_payloads(self, rows: Sequence[StoredSession]) -> int:
@@ -477,7 +509,7 @@ class SqlStore:
         for listener in self.statement_listeners:
             listener("load_many")
         t = self.table
-        columns = [c for c in t.c if c.name not in ("payload", "client")]
+        columns = [c for c in _row_columns(t) if c.name not in ("payload", "client")]
         found: list[StoredSession] = []
         keys = list(dict.fromkeys(id_hashes))
         for start in range(0, len(keys), LOAD_MANY_BATCH):
@@ -488,7 +520,9 @@ class SqlStore:
 
     async def sessions_of(self, user_hashes: Sequence[str]) -> list[StoredSession]:
         t = self.table
-        columns = [c if c.name != "payload" else literal(b"").label("payload") for c in t.c]
+        columns = [
+            c if c.name != "payload" else literal(b"").label("payload") for c in _row_columns(t)
+        ]
         query = select(*columns).where(t.c.user_hash.in_(list(user_hashes)))
         return await self._rows(query)
 
@@ -518,7 +552,7 @@ class SqlStore:
         them and deleting them in one transaction. Either way, of two processes deleting
         the same rows at once, each row is returned to one."""
         t = self.table
-        columns = [c for c in t.c if c.name != "client"]
+        columns = [c for c in _row_columns(t) if c.name != "client"]
 
         def work(connection: Connection) -> list[StoredSession]:
             if connection.dialect.delete_returning:
@@ -540,6 +574,12 @@ class SqlStore:
             return [_stored(row._mapping) for row in connection.execute(query)]
 
         return await self.run(work)
+
+
+def _row_columns(t: Table) -> list[Any]:
+    """The columns a :class:`StoredSession` holds (not the lease's, which a table still at
+    revision 0002 lacks)."""
+    return [t.c[name] for name in _COLUMNS]
 
 
 def _stored(row: Mapping[Any, Any]) -> StoredSession:
@@ -603,7 +643,7 @@ def _hot_statements(t: Table, dialect: Any) -> dict[str, CompiledStatement]:
             ).where(by_id),
             dialect,
         ),
-        "insert": CompiledStatement(insert(t), dialect, [c.name for c in t.columns]),
+        "insert": CompiledStatement(insert(t), dialect, list(_COLUMNS)),
         "update": update_setting("touched_at", "expires_at", "handle", "user_hash"),
         "update_owner": update_setting("handle", "user_hash"),
         "update_times": update_setting("touched_at", "expires_at"),
@@ -620,6 +660,29 @@ def _hot_statements(t: Table, dialect: Any) -> dict[str, CompiledStatement]:
         ),
         "delete": CompiledStatement(delete(t).where(by_id), dialect),
         "delete_version": CompiledStatement(delete(t).where(*by_id_and_version), dialect),
+        # The lease of an @exclusive route: taken only while free (or expired) and only
+        # on the version the request loaded, so the holder works on the current content.
+        "take_lease": CompiledStatement(
+            update(t)
+            .where(
+                *by_id_and_version,
+                or_(t.c.lease_until.is_(None), t.c.lease_until <= bindparam("now")),
+            )
+            .values(lease_owner=bindparam("owner"), lease_until=bindparam("until")),
+            dialect,
+        ),
+        "renew_lease": CompiledStatement(
+            update(t)
+            .where(by_id, t.c.lease_owner == bindparam("owner"))
+            .values(lease_until=bindparam("until")),
+            dialect,
+        ),
+        "release_lease": CompiledStatement(
+            update(t)
+            .where(by_id, t.c.lease_owner == bindparam("owner"))
+            .values(lease_owner=null(), lease_until=null()),
+            dialect,
+        ),
     }
 
 
