@@ -77,15 +77,11 @@ def device_of(info: SessionInfo, *, new: bool = False) -> Device:
 
 def new_sign_ins(sessions: list[SessionInfo], seen: object) -> set[str]:
     """The handles of the devices that signed in since this device last looked at the
-    page (``seen``: the handles it saw then); the first time, those that signed in after
-    this device did."""
-    others = [info for info in sessions if not info.current]
-    if isinstance(seen, list):
-        return {info.handle for info in others if info.handle not in seen}
-    this_device = next((info for info in sessions if info.current), None)
-    if this_device is None:
+    page (``seen``: the handles it saw then). The first look marks none: it is what
+    later looks are compared with."""
+    if not isinstance(seen, list):
         return set()
-    return {info.handle for info in others if info.created_at > this_device.created_at}
+    return {info.handle for info in sessions if not info.current and info.handle not in seen}
 
 
 def sessions_extension() -> Session:

@@ -18,6 +18,7 @@ from .errors import (
     ConfigurationError,
     InvalidPayload,
     QuartSessError,
+    RecentAuthenticationRequired,
     SaveConflict,
     SessionBusy,
     SessionNotSerializable,
@@ -33,6 +34,7 @@ from .keys import generate_key
 from .schema import build_table
 from .serializer import SessionSerializer
 from .session import ServerSession
+from .step_up import recent_authentication_required
 from .users import SessionInfo
 
 session = cast(ServerSession, _quart_session)
@@ -56,6 +58,7 @@ __all__ = [
     "InvalidPayload",
     "PayloadCodec",
     "QuartSessError",
+    "RecentAuthenticationRequired",
     "SaveConflict",
     "ServerSession",
     "ServerSessionInterface",
@@ -73,6 +76,7 @@ __all__ = [
     "exclusive",
     "generate_key",
     "metadata",
+    "recent_authentication_required",
     "session",
     "signals",
 ]

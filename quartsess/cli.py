@@ -75,7 +75,8 @@ def list_command(info: ScriptInfo, user: str) -> None:
             click.echo(
                 f"{info_.handle}  created {_when(info_.created_at)}  last seen "
                 f"{_when(info_.last_seen_at)}  expires {_when(info_.expires_at)}  "
-                f"ip {info_.ip_address or '-'}  {info_.user_agent or '-'}"
+                f"authenticated {_when(info_.authenticated_at) if info_.authenticated_at else '-'}"
+                f"  ip {info_.ip_address or '-'}  {info_.user_agent or '-'}"
             )
 
     _run(info, listing)

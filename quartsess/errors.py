@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import ServiceUnavailable, Unauthorized
 
 
 class QuartSessError(Exception):
@@ -125,6 +125,17 @@ class SessionBusy(QuartSessError, ServiceUnavailable):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class RecentAuthenticationRequired(QuartSessError, Unauthorized):
+    """A route marked ``@recent_authentication_required`` was asked for by a session
+    whose user last proved who they are too long ago (or never): a 401, unless the app
+    registered its own answer."""
+
+    description = "Please confirm your password to continue."
+
+    def __init__(self) -> None:
+        Unauthorized.__init__(self)
 
 
 class SaveConflict(QuartSessError):

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 from .cli import sessions_cli
 from .codec import PayloadCodec
 from .config import SessionConfig, setting_warnings
-from .errors import StoreError, TableMissing
+from .errors import RecentAuthenticationRequired, StoreError, TableMissing
 from .expiry import ExpiryPolicy
 from .holds import SessionHolds
 from .interface import ServerSessionInterface
@@ -82,6 +82,7 @@ class Session:
     def __init__(self, app: Quart | None = None, *, clock: Clock = time.time) -> None:
         self._clock = clock
         self._parts: WeakKeyDictionary[Quart, SessionParts] = WeakKeyDictionary()
+        self._stale_authentication: Callable[[], Awaitable[Any]] | None = None
         if app is not None:
             self.init_app(app)
 
@@ -138,7 +139,7 @@ class Session:
         if app is not None:
             lifecycle.listeners.append(sender_for(app))
         users = UserSessions(
-            store, owners, policy, lifecycle, self._clock, max_per_user=config.max_per_user
+            store, codec, owners, policy, lifecycle, self._clock, max_per_user=config.max_per_user
         )
         saver = SessionSaver(
             store,
@@ -245,6 +246,37 @@ class Session:
             raise RuntimeError("keep_current needs a request whose session is stored")
         async with _store_call(parts, "revoking a user's sessions"):
             return await parts.users.revoke_all(str(user), except_handle=keep)
+
+    # -- step-up authentication ------------------------------------------------------
+
+    def recent_authentication_handler(self, handler: Callable[[], Any]) -> Callable[[], Any]:
+        """Register what a request gets when a ``@recent_authentication_required`` route
+        finds its authentication too old, instead of a 401 (usable as a decorator): a
+        plain or coroutine function taking no arguments, returning a response, typically a
+        redirect to a "confirm your password" page that comes back to ``request.url``.
+        That page checks the password and calls ``session.mark_authenticated()``."""
+        from quart import current_app
+
+        def ensured() -> Awaitable[Any]:
+            return current_app.ensure_async(handler)()
+
+        self._stale_authentication = ensured
+        return handler
+
+    def authenticated_within(self, seconds: float) -> bool:
+        """Whether the current request's session is bound to a user who proved who they
+        are at most ``seconds`` ago."""
+        from quart import session
+
+        stamp = getattr(session, "authenticated_at", None)
+        return stamp is not None and self._clock() - stamp.timestamp() <= seconds
+
+    async def answer_stale_authentication(self) -> Any:
+        """The answer to a request whose authentication is too old: the app's handler's,
+        or a 401 (:class:`~quartsess.RecentAuthenticationRequired`)."""
+        if self._stale_authentication is None:
+            raise RecentAuthenticationRequired()
+        return await self._stale_authentication()
 
     @property
     def store(self) -> MaintainedStore:

@@ -101,11 +101,11 @@ class ServerSessionInterface(SessionInterface):
         client = self.client_of(request)
         cookie = request.cookies.get(self.get_cookie_name(app))
         if not cookie:
-            return self.session_class(persist=self.persist, client=client)
+            return self.session_class(persist=self.persist, client=client, clock=self.clock)
         if not is_well_formed(cookie):
             # Common and harmless (an old cookie format), so not a warning; never logged raw.
             logger.info("a malformed session cookie was ignored; a new session starts")
-            return self.session_class(persist=self.persist, client=client)
+            return self.session_class(persist=self.persist, client=client, clock=self.clock)
         id_hash = hash_session_id(cookie)
         pending = self._pending_saves.get(id_hash)
         if pending is not None:
@@ -117,9 +117,11 @@ class ServerSessionInterface(SessionInterface):
             logger.error("session %s %s: %s", log_id(id_hash), what, _failure(error))
             return await self.make_null_session(app)
         if opened is None:
-            return self.session_class(persist=self.persist, client=client)
+            return self.session_class(persist=self.persist, client=client, clock=self.clock)
         loaded, data = opened
-        session = self.session_class(data, loaded=loaded, persist=self.persist, client=client)
+        session = self.session_class(
+            data, loaded=loaded, persist=self.persist, client=client, clock=self.clock
+        )
         if isinstance(request, Websocket):
             self.live.watch(session, request)
         return session

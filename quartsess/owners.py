@@ -20,6 +20,11 @@ from .sealing import RowSealer
 
 _USER_KEY_INFO = b"quartsess user binding v1"
 
+#: Where a session's payload keeps when its user last proved who they are (epoch
+#: seconds): written by the save (a login) and by ``session.mark_authenticated()``, never
+#: by assigning a session key (the session object keeps it beside its data).
+AUTHENTICATED_AT_KEY = "_authenticated_at"
+
 
 @dataclass(frozen=True, slots=True)
 class Client:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import InvalidPayload, SaveConflict, StoreError
 from .ids import hash_session_id, log_id, new_handle, new_session_id
-from .owners import Client, user_of
+from .owners import AUTHENTICATED_AT_KEY, Client, user_of
 from .stores.base import StoredSession
 
 if TYPE_CHECKING:
@@ -91,6 +91,8 @@ class SaveDecision(NamedTuple):
     plaintext: bytes = b""
     client: Client | None = None
     result: SaveResult = SaveResult.KEPT
+    #: The save stamped the data (``AUTHENTICATED_AT_KEY``): the session takes it on.
+    stamped: bool = False
 
     @property
     def writes(self) -> bool:
@@ -223,6 +225,7 @@ class SessionSaver:
                 return NOTHING_TO_WRITE
             self.codec.check_size(plaintext)
             return SaveDecision(Write.UPDATE, loaded, data, plaintext, client)
+        data, stamped = self._stamped(loaded, data)
         plaintext = self.codec.serialize(data)
         self.codec.check_size(plaintext)  # before anything is written or retired
         if not can_send_cookie and (loaded is None or renew):
@@ -238,7 +241,7 @@ class SessionSaver:
             )
             renew = False
         if loaded is None or renew:
-            return SaveDecision(Write.ISSUE, loaded, data, plaintext, client)
+            return SaveDecision(Write.ISSUE, loaded, data, plaintext, client, stamped=stamped)
         record = loaded.record
         if (
             plaintext != loaded.plaintext
@@ -247,10 +250,31 @@ class SessionSaver:
         ):
             # Changed content; or a row written before user sessions existed, which the
             # write gives a handle and a user so it can be listed and revoked.
-            return SaveDecision(Write.UPDATE, loaded, data, plaintext, client)
+            return SaveDecision(Write.UPDATE, loaded, data, plaintext, client, stamped=stamped)
         if touch_due:
             return SaveDecision(Write.TOUCH, loaded, data, plaintext, client)
         return NOTHING_TO_WRITE
+
+    def _stamped(self, loaded: Loaded | None, data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """``data`` with its authentication time as the user binding says: now when the
+        session becomes bound to a user or changes user (a login), none when it is bound
+        to none; as it was otherwise. And whether that changed it."""
+        user = user_of(data, self.user_key)
+        stamp = data.get(AUTHENTICATED_AT_KEY)
+        if user is None:
+            wanted = None
+        elif loaded is None or loaded.user != user:
+            wanted = int(self.clock())
+        else:
+            return data, False
+        if wanted == stamp:
+            return data, False
+        stamped = dict(data)
+        if wanted is None:
+            del stamped[AUTHENTICATED_AT_KEY]
+        else:
+            stamped[AUTHENTICATED_AT_KEY] = wanted
+        return stamped, True
 
     # -- act ----------------------------------------------------------------------------
 
@@ -261,14 +285,16 @@ class SessionSaver:
         if decision.write is Write.NOTHING:  # pragma: no cover - callers write nothing
             raise ValueError("a decision to write nothing has nothing to carry out")
         if decision.write is Write.ISSUE:
-            return await self._issue(loaded, data, decision.plaintext, now, decision.client)
+            outcome = await self._issue(loaded, data, decision.plaintext, now, decision.client)
+            return _with_stamp(outcome, decision)
         if loaded is None:  # pragma: no cover - decide() never asks this of a new session
             raise ValueError(f"{decision.write.value} needs a stored session")
         if decision.write is Write.END:
             await self.lifecycle.end(loaded.record, "logout", user=loaded.user)
             return SaveOutcome(SaveResult.ENDED, None)
         if decision.write is Write.UPDATE:
-            return await self._update(loaded, data, decision.plaintext, now, decision.client)
+            outcome = await self._update(loaded, data, decision.plaintext, now, decision.client)
+            return _with_stamp(outcome, decision)
         return await self._touch(loaded, now, decision.client)
 
     async def save(
@@ -499,6 +525,14 @@ class SessionSaver:
             )
             return None
         return newer, theirs
+
+
+def _with_stamp(outcome: SaveOutcome, decision: SaveDecision) -> SaveOutcome:
+    """The session takes on the data as stamped by the save (unless a merge gave it
+    other content to take on already)."""
+    if not decision.stamped or outcome.merged is not None or outcome.loaded is None:
+        return outcome
+    return replace(outcome, merged=decision.data)
 
 
 def merge_changes(

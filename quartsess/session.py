@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from quart.sessions import SessionMixin
 from werkzeug.datastructures import CallbackDict
 
+from .clock import Clock
 from .errors import SessionStoreUnavailable
-from .owners import Client
+from .owners import AUTHENTICATED_AT_KEY, Client
 from .saving import Loaded, SaveOutcome
 
 if TYPE_CHECKING:
@@ -32,6 +35,8 @@ class _State:
     read: bool = False
     unstorable: bool = False
     hold: Hold | None = None
+    authenticated_at: int | None = None
+    clock: Clock = time.time
 
 
 class ServerSession(CallbackDict[str, Any], SessionMixin):
@@ -50,16 +55,24 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         loaded: Loaded | None = None,
         persist: Persist | None = None,
         client: Client | None = None,
+        clock: Clock = time.time,
     ) -> None:
         def on_update(self: ServerSession) -> None:
             self._on_read()
             self.modified = True
 
+        stamp = None
+        if initial is not None and AUTHENTICATED_AT_KEY in initial:
+            # Kept beside the data, not in it: the app reads it, never assigns it.
+            initial = dict(initial)
+            stamp = _stamp(initial.pop(AUTHENTICATED_AT_KEY))
         super().__init__(initial, on_update)
         self.modified = False
         self.accessed = False
         self.new = loaded is None
         self._state = _State(loaded, persist, client, self._stored_permanent())
+        self._state.authenticated_at = stamp
+        self._state.clock = clock
 
     @property
     def sid(self) -> str | None:
@@ -73,6 +86,22 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         until the session is first stored. Stable across new IDs; safe to show."""
         loaded = self._state.loaded
         return None if loaded is None else loaded.record.handle
+
+    @property
+    def authenticated_at(self) -> datetime | None:
+        """When the session's user last proved who they are: set when the session became
+        bound to a user (a login at ``SESSION_USER_KEY``) and by
+        :meth:`mark_authenticated`; ``None`` for a session bound to no user. Survives new
+        IDs and merges; assigning a session key cannot set it."""
+        stamp = self._state.authenticated_at
+        return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
+
+    def mark_authenticated(self) -> None:
+        """The app has just checked the user's password (or second factor) again:
+        :attr:`authenticated_at` becomes now, saved with the response. A session bound to
+        no user keeps no such time."""
+        self._state.authenticated_at = int(self._state.clock())
+        self.modified = True
 
     def regenerate(self) -> None:
         """Move the data to a new ID when the response is saved, deleting the old row.
@@ -152,8 +181,7 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         if fresh is False:
             return
         loaded, data = (None, {}) if fresh is None else fresh
-        dict.clear(self)
-        dict.update(self, data)
+        self._adopt(data)
         state.loaded = loaded
         state.loaded_permanent = self._stored_permanent()
         self.new = loaded is None
@@ -164,16 +192,28 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         return hold
 
     def contents(self) -> dict[str, Any]:
-        """A copy of the data, without counting as a read."""
-        return dict(dict.items(self))
+        """A copy of the data as it is stored (with :attr:`authenticated_at`), without
+        counting as a read."""
+        data = dict(dict.items(self))
+        stamp = self._state.authenticated_at
+        if stamp is not None:
+            data[AUTHENTICATED_AT_KEY] = stamp
+        elif AUTHENTICATED_AT_KEY in data:
+            del data[AUTHENTICATED_AT_KEY]  # assigned by the app: not a stamp of ours
+        return data
+
+    def _adopt(self, data: Mapping[str, Any]) -> None:
+        stored = dict(data)
+        self._state.authenticated_at = _stamp(stored.pop(AUTHENTICATED_AT_KEY, None))
+        dict.clear(self)
+        dict.update(self, stored)
 
     def apply_save(self, outcome: SaveOutcome) -> None:
         """Take on what a save did: the row it wrote (or that it has none), and content
-        merged from a concurrent save."""
+        merged from a concurrent save (or stamped by the save)."""
         state = self._state
         if outcome.merged is not None:
-            dict.clear(self)
-            dict.update(self, outcome.merged)
+            self._adopt(outcome.merged)
         state.loaded = outcome.loaded
         state.regenerate_requested = state.cleared = False
         state.loaded_permanent = self._stored_permanent()
@@ -188,6 +228,7 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         """Empty the session. Saved as a logout (row and cookie deleted); new data set
         afterwards in the same request is stored under a new ID, as after a login."""
         self._state.cleared = True
+        self._state.authenticated_at = None
         super().clear()
 
     def __getitem__(self, key: str) -> Any:
@@ -237,6 +278,13 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
     def __repr__(self) -> str:
         # Never the content: session data often holds personal data or tokens.
         return f"<{type(self).__name__} keys={dict.__len__(self)} new={self.new}>"
+
+
+def _stamp(value: object) -> int | None:
+    """A stored authentication time (epoch seconds), or ``None`` if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
 
 
 class UnavailableSession(ServerSession):

@@ -7,8 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from .errors import InvalidPayload
+from .owners import AUTHENTICATED_AT_KEY
+
 if TYPE_CHECKING:
     from .clock import Clock
+    from .codec import PayloadCodec
     from .expiry import ExpiryPolicy
     from .lifecycle import Lifecycle
     from .owners import OwnerKeys
@@ -22,7 +26,7 @@ class SessionInfo:
     ``handle`` names the session for :meth:`Session.revoke_session`: stable for the
     session's life (also across new IDs), and neither the cookie ID nor its stored hash,
     so it is safe to put in a page. ``current`` is true for the session of the request
-    being served."""
+    being served. Times are aware UTC datetimes."""
 
     handle: str
     created_at: datetime
@@ -31,6 +35,9 @@ class SessionInfo:
     user_agent: str | None
     ip_address: str | None
     current: bool
+    #: When the user last proved who they are on that session (the login, or the last
+    #: ``session.mark_authenticated()``); ``None`` if it is not known.
+    authenticated_at: datetime | None = None
 
 
 class UserSessions:
@@ -39,6 +46,7 @@ class UserSessions:
     def __init__(
         self,
         store: MaintainedStore,
+        codec: PayloadCodec,
         owners: OwnerKeys,
         policy: ExpiryPolicy,
         lifecycle: Lifecycle,
@@ -47,6 +55,7 @@ class UserSessions:
         max_per_user: int | None = None,
     ) -> None:
         self.store = store
+        self.codec = codec
         self.owners = owners
         self.policy = policy
         self.lifecycle = lifecycle
@@ -73,9 +82,20 @@ class UserSessions:
                     user_agent=client.user_agent if client else None,
                     ip_address=client.ip_address if client else None,
                     current=current_handle is not None and row.handle == current_handle,
+                    authenticated_at=self._authenticated_at(row),
                 )
             )
         return infos
+
+    def _authenticated_at(self, row: StoredSession) -> datetime | None:
+        try:
+            data, _ = self.codec.open(row.id_hash, row.payload)
+        except InvalidPayload:
+            return None
+        stamp = data.get(AUTHENTICATED_AT_KEY)
+        if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+            return None
+        return _utc(int(stamp))
 
     async def revoke(self, handle: str, *, user: str | None = None) -> bool:
         hashes = None if user is None else self.owners.user_hashes(user)

@@ -1063,7 +1063,7 @@ async def test_sessions_page_lists_each_device_of_the_user(tmp_path: Path) -> No
         rows = await laptop.rows()
         assert [(current, DATE.split(text)[0]) for current, _, text in rows] == [
             (True, "Firefox 133 on Windows 10 203.0.113.7"),
-            (False, "Mobile Safari 17 on iOS 17 198.51.100.20"),
+            (False, "Mobile Safari 17 on iOS 17 198.51.100.20"),  # a first look marks none
         ]
         assert rows[0][2].endswith("this device")
         assert rows[1][2].endswith("Log out")

@@ -187,8 +187,8 @@ class MaintainedStore(SessionStore, Protocol):
         ...
 
     async def sessions_of(self, user_hashes: Sequence[str]) -> list[StoredSession]:
-        """Every row whose ``user_hash`` is one of ``user_hashes`` (live or not), without
-        payloads: for listing a user's sessions."""
+        """Every row whose ``user_hash`` is one of ``user_hashes`` (live or not), whole:
+        for listing a user's sessions."""
         ...
 
     async def delete_handles(

@@ -189,7 +189,7 @@ class MemoryStore:
 
     async def sessions_of(self, user_hashes: Sequence[str]) -> list[StoredSession]:
         wanted = set(user_hashes)
-        return [replace(r, payload=b"") for r in self.rows.values() if r.user_hash in wanted]
+        return [row for row in self.rows.values() if row.user_hash in wanted]
 
     async def delete_handles(
         self, handles: Sequence[str], *, user_hashes: Sequence[str] | None = None

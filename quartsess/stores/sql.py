@@ -520,10 +520,7 @@ class SqlStore:
 
     async def sessions_of(self, user_hashes: Sequence[str]) -> list[StoredSession]:
         t = self.table
-        columns = [
-            c if c.name != "payload" else literal(b"").label("payload") for c in _row_columns(t)
-        ]
-        query = select(*columns).where(t.c.user_hash.in_(list(user_hashes)))
+        query = select(*_row_columns(t)).where(t.c.user_hash.in_(list(user_hashes)))
         return await self._rows(query)
 
     async def delete_handles(
