@@ -1200,3 +1200,127 @@ async def test_visitors_who_never_log_in_are_forgotten_after_30_idle_minutes(
         assert (await user.get("/dashboard")).status_code == 200  # users: 2 hours
         clock.advance(121 * 60)
         assert (await user.get("/dashboard")).status_code == 302
+
+
+# -- CSRF tokens are bound to the session as well as to the browser's nonce ---------------
+
+
+def csrf_nonce(client: QuartClient) -> str:
+    assert client.cookie_jar is not None
+    [nonce] = [cookie.value for cookie in client.cookie_jar if cookie.name == CSRF_COOKIE]
+    return nonce
+
+
+@pytest.mark.parametrize("attacker", ["without a session", "logged in as bob"])
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [("/logout", {}), ("/cart/add", {"product_id": "kettle"}), ("/sessions/revoke-others", {})],
+)
+async def test_a_planted_csrf_cookie_does_not_let_its_token_act_in_the_victims_session(
+    tmp_path: Path, path: str, form: dict[str, str], attacker: str
+) -> None:
+    """A page that can set cookies for the site (a sibling subdomain, plain http) puts its
+    own nonce into the victim's browser, then posts the token it was given for that nonce."""
+    async with build_app(tmp_path).test_app() as test_app:
+        victim = Device(test_app, FIREFOX_ON_WINDOWS, "203.0.113.7")
+        phone = Device(test_app, SAFARI_ON_IPHONE, "198.51.100.20")
+        await victim.log_in()
+        await phone.log_in()
+        mallory = new_client(test_app)
+        if attacker == "logged in as bob":
+            await log_in(mallory, "bob", "builder")
+        token = await form_token(mallory, "/cart/")
+        victim.client.set_cookie("localhost", CSRF_COOKIE, csrf_nonce(mallory))
+
+        response = await victim.post(path, {"csrf_token": token, **form})
+        assert response.status_code == 400
+        assert "security token" in await text_of(response)
+        assert await victim.is_logged_in() and await phone.is_logged_in()
+        assert "Your cart is empty." in await text_of(await victim.get("/cart/"))
+
+
+async def test_a_planted_csrf_cookie_does_not_act_in_an_anonymous_session_either(
+    tmp_path: Path,
+) -> None:
+    async with build_app(tmp_path).test_app() as test_app:
+        victim, mallory = new_client(test_app), new_client(test_app)
+        await victim.get("/visits")  # a stored session, made with the victim's own nonce
+        token = await form_token(mallory, "/cart/")
+        victim.set_cookie("localhost", CSRF_COOKIE, csrf_nonce(mallory))
+        response = await victim.post("/cart/add", form={"product_id": "tea", "csrf_token": token})
+        assert response.status_code == 400
+        assert "Your cart is empty." in await text_of(await victim.get("/cart/"))
+
+
+async def test_forms_shown_before_the_browser_had_a_session_still_work_in_that_browser(
+    client: QuartClient,
+) -> None:
+    """Two tabs opened on a first visit: the first one's action stores a session, the
+    second one's forms, made before that, keep working (and the login form too)."""
+    cart = await form_token(client, "/cart/")
+    login = await form_token(client, "/login")
+    assert session_cookie(client) is None
+    added = await client.post("/cart/add", form={"product_id": "tea", "csrf_token": cart})
+    assert added.status_code == 302 and session_cookie(client) is not None
+    again = await client.post("/cart/add", form={"product_id": "mug", "csrf_token": cart})
+    assert again.status_code == 302
+    response = await client.post(
+        "/login", form={"username": "alice", "password": "wonderland", "csrf_token": login}
+    )
+    assert response.status_code == 302
+    assert '<span class="badge" id="cart-count">2</span>' in await text_of(
+        await client.get("/cart/")
+    )
+
+
+async def test_forms_still_work_after_their_session_ended(tmp_path: Path, clock: FakeClock) -> None:
+    async with build_app(tmp_path, CLOCK=clock).test_app() as test_app:
+        user = new_client(test_app)
+        await log_in(user)
+        logout = await form_token(user, "/dashboard")
+        clock.advance(121 * 60)  # the session expired while the page was open
+        response = await user.post("/logout", form={"csrf_token": logout})
+        assert response.status_code == 302
+        assert response.headers["Location"] == "/?logged_out=1"
+
+        visitor = new_client(test_app)
+        await visitor.get("/visits")
+        login = await form_token(visitor, "/login")
+        clock.advance(31 * 60)  # a visitor's session: forgotten after 30 idle minutes
+        response = await visitor.post(
+            "/login", form={"username": "bob", "password": "builder", "csrf_token": login}
+        )
+        assert response.status_code == 302
+        assert (await visitor.get("/dashboard")).status_code == 200
+
+
+async def test_csrf_tokens_of_a_session_keep_working_across_its_login(client: QuartClient) -> None:
+    await client.get("/visits")
+    token = await form_token(client, "/login")  # bound to the stored session's handle
+    response = await client.post(
+        "/login", form={"username": "alice", "password": "wonderland", "csrf_token": token}
+    )
+    assert response.status_code == 302
+    assert await socket_call(client, {"action": "read", "csrf_token": token}) == {
+        "error": "missing or wrong csrf_token"  # the login gave the browser a new nonce
+    }
+    fresh = await visits_token(client)
+    assert await socket_call(client, {"action": "read", "csrf_token": fresh}) == {"visits": 2}
+
+
+async def test_a_nonce_planted_before_the_session_was_made_loses_its_power_at_login(
+    tmp_path: Path,
+) -> None:
+    """The session remembers the nonce that made it, so a nonce planted before the first
+    visit is that nonce; login gives the browser a new one and the session forgets it."""
+    async with build_app(tmp_path).test_app() as test_app:
+        victim, mallory = new_client(test_app), new_client(test_app)
+        token = await form_token(mallory, "/cart/")
+        victim.set_cookie("localhost", CSRF_COOKIE, csrf_nonce(mallory))
+        await victim.get("/visits")
+        await log_in(victim)
+        victim.set_cookie("localhost", CSRF_COOKIE, csrf_nonce(mallory))  # planted again
+        for path, form in (("/logout", {}), ("/cart/add", {"product_id": "tea"})):
+            response = await victim.post(path, form={"csrf_token": token, **form})
+            assert response.status_code == 400, path
+        assert (await victim.get("/dashboard")).status_code == 200
