@@ -16,12 +16,12 @@ from werkzeug.exceptions import HTTPException
 
 from quartsess import Session, StoreError
 
-from . import auth, cart, devices, views
+from . import auth, cart, devices, throttle, views
 from .auth import current_user
 from .cart import cart_count, money
 from .csrf import check_csrf, csrf_token, set_csrf_cookie
 from .logs import configure_logging
-from .secret import load_secret_key
+from .secret import derive_key, load_secret_key
 from .throttle import Limit, LoginThrottle
 
 THROTTLE_FILE = "login_throttle.sqlite3"
@@ -90,6 +90,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     Session(app, clock=clock)
     app.extensions["login_throttle"] = LoginThrottle(
         app.config.get("LOGIN_THROTTLE_DB") or os.path.join(app.instance_path, THROTTLE_FILE),
+        key=derive_key(app.config["SECRET_KEY"], throttle.KEY_PURPOSE),
         per_account=app.config.get("LOGIN_LIMIT_PER_ACCOUNT", Limit(failures=5, window=900)),
         per_client=app.config.get("LOGIN_LIMIT_PER_CLIENT", Limit(failures=20, window=900)),
         clock=app.config.get("LOGIN_THROTTLE_CLOCK", time.time),

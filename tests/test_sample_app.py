@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ COOKIE = "quartsess_demo"
 CSRF_COOKIE = "quartsess_demo_csrf"
 TOKEN_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 TOKEN_META = re.compile(r'name="csrf-token" content="([^"]+)"')
+THROTTLE_KEY = b"k" * 32
 
 
 def build_app(tmp_path: Path, **config: Any) -> Quart:
@@ -615,33 +617,41 @@ async def test_the_limit_holds_across_workers(tmp_path: Path, clock: FakeClock) 
         assert (await attempt(new_client(other), "bob", "builder")).status_code == 429
 
 
+def first_attempts_at_once(throttles: list[LoginThrottle]) -> list[BaseException]:
+    """Each throttle's first attempt, in threads released together; what they raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(throttles))
+
+    def first_attempt(throttle: LoginThrottle) -> None:
+        start.wait(timeout=10)
+        try:
+            asyncio.run(throttle.reserve("alice", "192.0.2.1"))
+        except BaseException as error:  # collected; the callers' assertions name them
+            errors.append(error)
+
+    threads = [threading.Thread(target=first_attempt, args=(t,)) for t in throttles]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads), "hung"
+    return errors
+
+
 def test_workers_that_make_the_throttle_file_at_once_all_count_their_attempt(
     tmp_path: Path,
 ) -> None:
     """Two workers' first logins on a new file: a bare ``PRAGMA journal_mode=WAL`` got
     "database is locked" at once (no busy timeout) in about one pair in ten, a 500."""
-    errors: list[BaseException] = []
     for pair in range(100):
         path = tmp_path / f"throttle-{pair}.sqlite3"
         workers = [
-            LoginThrottle(path, per_account=Limit(5, 60), per_client=Limit(100, 60))
+            LoginThrottle(
+                path, key=THROTTLE_KEY, per_account=Limit(5, 60), per_client=Limit(100, 60)
+            )
             for _ in range(2)
         ]
-        start = threading.Barrier(len(workers))
-
-        def first_attempt(throttle: LoginThrottle, start: threading.Barrier = start) -> None:
-            start.wait(timeout=10)
-            try:
-                asyncio.run(throttle.reserve("alice", "192.0.2.1"))
-            except BaseException as error:  # collected; the assertion below names them
-                errors.append(error)
-
-        threads = [threading.Thread(target=first_attempt, args=(w,)) for w in workers]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert not any(thread.is_alive() for thread in threads), f"pair {pair}: hung"
+        errors = first_attempts_at_once(workers)
         assert errors == [], f"pair {pair}"
         connection = sqlite3.connect(path)
         try:
@@ -1324,3 +1334,86 @@ async def test_a_nonce_planted_before_the_session_was_made_loses_its_power_at_lo
             response = await victim.post(path, form={"csrf_token": token, **form})
             assert response.status_code == 400, path
         assert (await victim.get("/dashboard")).status_code == 200
+
+
+# -- the throttle's file: private, keyed by the secret key ---------------------------------
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def throttle_keys(path: Path) -> set[str]:
+    connection = sqlite3.connect(path)
+    try:
+        return {key for (key,) in connection.execute("SELECT key FROM login_attempts")}
+    finally:
+        connection.close()
+
+
+def test_the_throttle_file_is_private_also_when_workers_race_to_make_it(tmp_path: Path) -> None:
+    """Two workers' first logins on a new file, under a umask that takes nothing away:
+    SQLite alone makes the file 0644, and its journal files take the file's mode."""
+    previous = os.umask(0)
+    try:
+        for pair in range(10):
+            path = tmp_path / f"throttle-{pair}.sqlite3"
+            throttles = [
+                build_app(tmp_path, LOGIN_THROTTLE_DB=str(path)).extensions["login_throttle"]
+                for _ in range(2)
+            ]
+            errors = first_attempts_at_once(throttles)
+            assert errors == [], f"pair {pair}"
+            assert mode_of(path) == 0o600, f"pair {pair}"
+    finally:
+        os.umask(previous)
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("DELETE FROM login_attempts")
+        journals = [path.with_name(path.name + suffix) for suffix in ("-journal", "-wal")]
+        assert [mode_of(journal) for journal in journals if journal.exists()] == [0o600]
+        connection.execute("ROLLBACK")
+    finally:
+        connection.close()
+
+
+async def test_a_throttle_file_made_readable_by_an_older_version_is_made_private(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "instance" / "login_throttle.sqlite3"
+    path.parent.mkdir()
+    sqlite3.connect(path).close()
+    os.chmod(path, 0o644)
+    async with build_app(tmp_path).test_app() as test_app:
+        assert (await attempt(new_client(test_app), "alice", "guess")).status_code == 200
+    assert mode_of(path) == 0o600
+
+
+async def test_the_throttle_keys_are_hmacs_under_the_secret_key(tmp_path: Path) -> None:
+    """Unsalted hashes of ``account\\0alice`` or of an address are undone by a dictionary
+    of usernames and of the 2**32 IPv4 addresses."""
+    keys: list[set[str]] = []
+    for secret in (SECRET, "another-secret-key-for-the-sample-app"):
+        instance = tmp_path / secret
+        async with build_app(
+            tmp_path, SECRET_KEY=secret, INSTANCE_PATH=str(instance)
+        ).test_app() as test_app:
+            device = Device(test_app, FIREFOX_ON_WINDOWS, "203.0.113.7")
+            response = await device.post(
+                "/login",
+                {
+                    "username": "alice",
+                    "password": "guess",
+                    "csrf_token": await device.token("/login"),
+                },
+            )
+            assert response.status_code == 200
+        keys.append(throttle_keys(instance / "login_throttle.sqlite3"))
+    dictionary = {
+        hashlib.sha256(f"{kind}\0{value}".encode()).hexdigest()
+        for kind, value in (("account", "alice"), ("client", "203.0.113.7"))
+    }
+    assert len(keys[0]) == len(keys[1]) == 2
+    assert not (keys[0] | keys[1]) & dictionary
+    assert not keys[0] & keys[1]  # another secret key, other keys
