@@ -1,7 +1,7 @@
 """Failed-login throttling that every worker of the server shares.
 
-The counters live in a small SQLite file that all workers open (WAL mode, a busy
-timeout): a limit kept in one worker's memory would let a guesser simply spread the
+The counters live in a small SQLite file that all workers open (with a busy timeout):
+a limit kept in one worker's memory would let a guesser simply spread the
 guesses over the workers. An attempt is counted *before* the password hash runs, in one
 transaction that also checks the limits, so parallel guessers cannot all slip through
 before the count catches up; a login that succeeds gives its attempt back, so what is
@@ -31,8 +31,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from quartsess.stores.sqlite_runner import use_wal
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS login_attempts ("
@@ -117,9 +115,12 @@ class LoginThrottle:
         return connection
 
     def _set_up(self, connection: sqlite3.Connection) -> None:
-        # Not a bare PRAGMA: workers opening a new file at once get SQLITE_BUSY at once,
-        # without the busy timeout; use_wal retries until one has switched it.
-        use_wal(connection, int(BUSY_TIMEOUT * 1000))
+        # SQLite's default rollback journal, not WAL: every use of this file writes, so
+        # WAL's reads beside a writer would buy nothing, and here every statement takes
+        # the write lock first, so it waits through the busy timeout. Switching a new file
+        # to WAL does not: workers doing it at once get SQLITE_BUSY at once (SQLite sees
+        # a deadlock), which needs a retry loop. A file an older version switched to WAL
+        # stays so (the mode is kept in the file) and works the same.
         for statement in SCHEMA:
             connection.execute(statement)
 

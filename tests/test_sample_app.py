@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import json
@@ -23,6 +24,8 @@ from quart import typing as quart_typing
 from quart.testing import QuartClient, WebsocketResponseError
 from quart.wrappers import Response
 
+import app as app_package
+import quartsess
 from app import auth as app_auth
 from app import create_app
 from app.logs import configure_logging
@@ -659,6 +662,19 @@ def test_workers_that_make_the_throttle_file_at_once_all_count_their_attempt(
         finally:
             connection.close()
         assert attempts == len(workers)  # both counted, on one row
+
+
+def test_the_sample_app_uses_only_quartsess_public_api() -> None:
+    """The app is meant to be copied: what it imports of quartsess must stay stable."""
+    imported: list[str] = []
+    for source in sorted((Path(app_package.__file__).parent).glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("quartsess"):
+                imported += [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                imported += [a.name for a in node.names if a.name.startswith("quartsess")]
+    public = {f"quartsess.{name}" for name in quartsess.__all__}
+    assert imported and set(imported) <= public, sorted(set(imported) - public)
 
 
 async def test_failed_logins_are_logged_without_forged_lines(
