@@ -20,7 +20,7 @@ from . import auth, cart, devices, throttle, views
 from .auth import current_user
 from .cart import cart_count, money
 from .csrf import check_csrf, csrf_token, set_csrf_cookie
-from .logs import configure_logging
+from .logs import configure_logging, guard_access_log
 from .secret import derive_key, load_secret_key
 from .throttle import Limit, LoginThrottle
 
@@ -48,6 +48,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     served over HTTPS), ``QUARTSESS_INSTANCE_PATH`` (else ``instance/`` next to ``app/``).
     """
     configure_logging()  # first: the start-up warnings below are log lines too
+    guard_access_log()
     test_config = dict(test_config or {})
     clock = test_config.pop("CLOCK", time.time)  # quartsess's clock (epoch seconds), for tests
     instance_path = test_config.pop("INSTANCE_PATH", None) or os.environ.get(

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.logging import Logger as HypercornLogger
 from quart import Quart
 from quart import typing as quart_typing
 from quart.testing import QuartClient, WebsocketResponseError
@@ -688,6 +690,65 @@ async def test_failed_logins_are_logged_without_forged_lines(
     assert record.levelname == "INFO" and message.startswith("failed login for 'mallory\\n")
     assert "\n" not in message and len(message) < 120
     assert "guess" not in message  # never the password
+
+
+HYPERCORN_TOML = Path(__file__).resolve().parent.parent / "hypercorn.toml"
+HUGE = 20_000  # characters: a header or form value this long is logged cut short
+
+
+async def test_client_values_in_the_app_log_lines_are_capped(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The address too: behind a proxy's headers middleware it is what the client claims
+    (Quart refuses line breaks in it, not other characters or length)."""
+    caplog.set_level(logging.INFO, logger="app")
+    app = throttled_app(tmp_path, clock, account=1, client=100)
+    async with app.test_app() as test_app:
+        device = Device(test_app, "x" * HUGE, "203.0.113.7\x1b[2K" + "a" * HUGE)
+        for _ in range(2):  # a failure, then a refusal
+            form = {
+                "username": "mallory\x1b[2K" + "u" * HUGE,
+                "password": "guess",
+                "csrf_token": await device.token("/login"),
+            }
+            assert (await device.post("/login", form)).status_code in {200, 429}
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("app")]
+    assert [m.split(" for ")[0] for m in messages] == ["failed login", "login"]
+    for message in messages:
+        assert len(message) < 500 and "\x1b" not in message, message[:600]
+        assert "'mallory\\x1b[2Ku" in message and "'203.0.113.7\\x1b[2Kaaa" in message
+
+
+async def test_the_access_log_caps_and_escapes_what_the_client_sent(tmp_path: Path) -> None:
+    """hypercorn's access log line, with hypercorn.toml's format: the User-Agent, the path
+    (decoded: %0A is a line break) and every other atom come from the client."""
+    build_app(tmp_path)
+    config = HypercornConfig.from_toml(HYPERCORN_TOML)
+    scope: Any = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/\n[2026-01-01 00:00:00 +0000] [1] [INFO] app.auth: login ok" + "p" * HUGE,
+        "query_string": b"",
+        "headers": [(b"user-agent", b"Mozilla/5.0 " + b"x" * HUGE)],
+        "client": ("203.0.113.7", 50000),
+    }
+    response: Any = {"status": 404, "headers": [(b"content-length", b"9")]}
+    records: list[logging.LogRecord] = []
+    access = logging.getLogger("hypercorn.access")
+    handlers, propagate = access.handlers, access.propagate
+    try:
+        logger = HypercornLogger(config)  # sets the access logger's handler: replaced
+        access.handlers = [logging.Handler()]
+        access.handlers[0].emit = records.append  # type: ignore[method-assign]
+        await logger.access(scope, response, 0.001)
+    finally:
+        access.handlers, access.propagate = handlers, propagate
+    [record] = records
+    message = record.getMessage()
+    assert len(message) < 1000 and "\n" not in message, message[:1200]
+    assert '"GET /\\n[2026-01-01' in message and '"Mozilla/5.0 xxx' in message
 
 
 @pytest.mark.parametrize(
