@@ -1,8 +1,8 @@
 """Failed-login throttling that every worker of the server shares.
 
-The counters live in a small SQLite file that all workers open (with a busy timeout):
-a limit kept in one worker's memory would let a guesser simply spread the
-guesses over the workers. An attempt is counted *before* the password hash runs, in one
+The counters live in a small SQLite file that all workers open (with a busy timeout): a
+limit kept in one worker's memory would let a guesser simply spread the guesses over the
+workers. An attempt is counted *before* the password hash runs, in one
 transaction that also checks the limits, so parallel guessers cannot all slip through
 before the count catches up; a login that succeeds gives its attempt back, so what is
 limited is failed logins.
