@@ -16,12 +16,12 @@ from werkzeug.exceptions import HTTPException
 
 from quartsess import Session, StoreError
 
-from . import audit, auth, cart, devices, views
+from . import audit, auth, cart, devices, throttle, views
 from .auth import current_user
 from .cart import cart_count, money
 from .csrf import check_csrf, csrf_token, set_csrf_cookie
-from .logs import configure_logging
-from .secret import load_secret_key
+from .logs import configure_logging, guard_access_log
+from .secret import derive_key, load_secret_key
 from .throttle import Limit, LoginThrottle
 
 THROTTLE_FILE = "login_throttle.sqlite3"
@@ -48,6 +48,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     served over HTTPS), ``QUARTSESS_INSTANCE_PATH`` (else ``instance/`` next to ``app/``).
     """
     configure_logging()  # first: the start-up warnings below are log lines too
+    guard_access_log()
     test_config = dict(test_config or {})
     clock = test_config.pop("CLOCK", time.time)  # quartsess's clock (epoch seconds), for tests
     instance_path = test_config.pop("INSTANCE_PATH", None) or os.environ.get(
@@ -91,6 +92,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     audit.install(app)
     app.extensions["login_throttle"] = LoginThrottle(
         app.config.get("LOGIN_THROTTLE_DB") or os.path.join(app.instance_path, THROTTLE_FILE),
+        key=derive_key(app.config["SECRET_KEY"], throttle.KEY_PURPOSE),
         per_account=app.config.get("LOGIN_LIMIT_PER_ACCOUNT", Limit(failures=5, window=900)),
         per_client=app.config.get("LOGIN_LIMIT_PER_CLIENT", Limit(failures=20, window=900)),
         clock=app.config.get("LOGIN_THROTTLE_CLOCK", time.time),

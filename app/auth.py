@@ -26,6 +26,7 @@ from werkzeug.security import check_password_hash
 
 from .csrf import rotate_csrf_token
 from .flashes import flash
+from .logs import capped
 from .throttle import LoginThrottle
 
 bp = Blueprint("auth", __name__)
@@ -144,12 +145,13 @@ async def login_submit() -> ResponseReturnValue:
     username = form.get("username", "").strip()
     context = {"users": list(USERS.values()), "next": form.get("next", ""), "username": username}
     client = request.remote_addr or ""
-    shown = username[:LOGGED_NAME_LENGTH]  # %r below also escapes control characters
+    # What the client sent, short; %r below escapes line breaks and control characters.
+    shown, shown_client = capped(username, LOGGED_NAME_LENGTH), capped(client)
     throttle = login_throttle()
     wait = await throttle.reserve(username, client)
     if wait is not None:
         logger.warning(
-            "login for %r from %s refused for %d s: too many failures", shown, client, wait
+            "login for %r from %r refused for %d s: too many failures", shown, shown_client, wait
         )
         error = f"Too many failed logins. Try again in {_minutes(wait)}."
         body = await render_template("login.html", error=error, **context)
@@ -157,7 +159,7 @@ async def login_submit() -> ResponseReturnValue:
     user = await authenticate(username, form.get("password", ""))
     if user is None:
         # No flash and no other write: a failed login leaves the session as it was.
-        logger.info("failed login for %r from %s", shown, client)
+        logger.info("failed login for %r from %r", shown, shown_client)
         error = "Unknown username or wrong password."
         body = await render_template("login.html", error=error, **context)
         return body, 200

@@ -1,13 +1,19 @@
-"""The app's secret key: from the environment, or generated once into the instance folder."""
+"""The app's secret key: from the environment, or generated once into the instance folder;
+and the keys derived from it, one per purpose."""
 
 from __future__ import annotations
 
 import os
 import secrets
+from functools import lru_cache
 from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 ENV_VAR = "QUARTSESS_SECRET_KEY"
 FILE_NAME = "secret_key"
+_HKDF_SALT = b"quartsess-demo"
 
 
 def load_secret_key(instance_path: str | os.PathLike[str]) -> str:
@@ -43,3 +49,13 @@ def _publish_new_key(path: Path) -> None:
             pass
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@lru_cache(maxsize=16)
+def derive_key(secret_key: str | bytes, purpose: bytes) -> bytes:
+    """A 32-byte key for one ``purpose``, derived from the secret key with HKDF-SHA256 (as
+    quartsess derives its encryption keys): knowing one such key tells nothing of the
+    secret key or of the keys for other purposes."""
+    material = secret_key.encode() if isinstance(secret_key, str) else bytes(secret_key)
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=_HKDF_SALT, info=purpose)
+    return hkdf.derive(material)

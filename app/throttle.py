@@ -1,26 +1,36 @@
 """Failed-login throttling that every worker of the server shares.
 
-The counters live in a small SQLite file that all workers open (WAL mode, a busy
-timeout): a limit kept in one worker's memory would let a guesser simply spread the
-guesses over the workers. An attempt is counted *before* the password hash runs, in one
+The counters live in a small SQLite file that all workers open (with a busy timeout): a
+limit kept in one worker's memory would let a guesser simply spread the guesses over the
+workers. An attempt is counted *before* the password hash runs, in one
 transaction that also checks the limits, so parallel guessers cannot all slip through
 before the count catches up; a login that succeeds gives its attempt back, so what is
 limited is failed logins.
+
+The file is the server's alone (mode 0600, its journals too), and its keys are HMACs under
+a key derived from ``SECRET_KEY``: it holds no usernames or addresses, nor hashes that a
+dictionary of usernames and of the 2**32 IPv4 addresses turns back into them. Only
+``SECRET_KEY`` keys them, not ``SECRET_KEY_FALLBACKS``: a count lives one window, so after
+a key rotation counting starts afresh under the new key while the old rows run out within
+a window (a guesser gains at most one window's attempts, at a moment only the operator
+chooses). Rows of older versions (unsalted SHA-256 keys) go the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import ipaddress
+import logging
 import math
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from quartsess.stores.sqlite_runner import use_wal
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS login_attempts ("
@@ -29,6 +39,11 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS login_attempts_window_ends ON login_attempts (window_ends)",
 )
 BUSY_TIMEOUT = 5.0  # seconds a worker waits for another one's write
+KEY_PURPOSE = b"quartsess-demo login throttle keys v1"  # for app.secret.derive_key
+# The file and the journals SQLite makes next to it (each with the file's mode).
+FILE_SUFFIXES = ("", "-journal", "-wal", "-shm")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,11 +61,15 @@ class LoginThrottle:
         self,
         path: str | Path,
         *,
+        key: bytes,
         per_account: Limit,
         per_client: Limit,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
+        # mode=rw: SQLite never makes the file itself (it would be 0644).
+        self._uri = f"{self.path.resolve().as_uri()}?mode=rw"
+        self._hmac_key = key
         self.per_account = per_account
         self.per_client = per_client
         self.clock = clock
@@ -69,15 +88,23 @@ class LoginThrottle:
 
     def _limits(self, account: str, client: str) -> list[tuple[str, Limit]]:
         return [
-            (_key("account", account.casefold()), self.per_account),
-            (_key("client", client_network(client)), self.per_client),
+            (self._key("account", account.casefold()), self.per_account),
+            (self._key("client", client_network(client)), self.per_client),
         ]
+
+    def _key(self, kind: str, value: str) -> str:
+        # Fixed length, and nothing of the username or address without the secret key.
+        message = f"{kind}\0{value}".encode()
+        return hmac.new(self._hmac_key, message, hashlib.sha256).hexdigest()
 
     def _connect(self) -> sqlite3.Connection:
         if not self._ready:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private(self.path)
         # Autocommit mode: the transactions below are opened explicitly.
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        connection = sqlite3.connect(
+            self._uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None
+        )
         if not self._ready:
             try:
                 self._set_up(connection)
@@ -88,9 +115,12 @@ class LoginThrottle:
         return connection
 
     def _set_up(self, connection: sqlite3.Connection) -> None:
-        # Not a bare PRAGMA: workers opening a new file at once get SQLITE_BUSY at once,
-        # without the busy timeout; use_wal retries until one has switched it.
-        use_wal(connection, int(BUSY_TIMEOUT * 1000))
+        # SQLite's default rollback journal, not WAL: every use of this file writes, so
+        # WAL's reads beside a writer would buy nothing, and here every statement takes
+        # the write lock first, so it waits through the busy timeout. Switching a new file
+        # to WAL does not: workers doing it at once get SQLITE_BUSY at once (SQLite sees
+        # a deadlock), which needs a retry loop. A file an older version switched to WAL
+        # stays so (the mode is kept in the file) and works the same.
         for statement in SCHEMA:
             connection.execute(statement)
 
@@ -150,6 +180,22 @@ def client_network(address: str) -> str:
     return str(parsed)
 
 
-def _key(kind: str, value: str) -> str:
-    # Hashed: the table holds no usernames or addresses, and keys have a fixed length.
-    return hashlib.sha256(f"{kind}\0{value}".encode()).hexdigest()
+def make_private(path: Path) -> None:
+    """Make ``path`` empty for the owner alone (SQLite takes an empty file for a new
+    database) unless it exists; then take away the group's and others' access to it and
+    its journals, which an older version left readable by all. Workers racing here are
+    safe: exactly one creates the file, and nobody else does."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for suffix in FILE_SUFFIXES:
+        file = path.with_name(path.name + suffix)
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & 0o077:
+                os.chmod(file, mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except OSError as error:  # another user's file: the counting still works
+            logger.warning("%s stays readable by others: %s", file, error)

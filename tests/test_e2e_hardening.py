@@ -120,3 +120,18 @@ async def test_logs_have_time_level_logger_and_worker_pid(server: Server) -> Non
     assert pids and pids <= set(server.worker_pids()), output
     # Nothing of ours went through Python's last-resort handler (a bare message).
     assert "\nSESSION_COOKIE_SECURE is False" not in output
+
+
+async def test_what_the_client_sent_reaches_the_log_capped_and_escaped(server: Server) -> None:
+    """A User-Agent near hypercorn's 16 KiB limit for a request head, and a path whose %0A
+    hypercorn decodes to a line break: no long line, no forged one."""
+    forged = "[2026-01-01 00:00:00 +0000] [1] [INFO] app.auth: login ok"
+    async with new_client(server) as client:
+        response = await client.get(
+            "/%0A" + forged.replace(" ", "%20") + "/" + "p" * 200,
+            headers={"User-Agent": "Mozilla/5.0 " + "x" * 15_000},
+        )
+        assert response.status_code == 404
+    output = wait_for_log(server, r'"GET /\\n\[2026-01-01 .* 404 ')
+    assert max(len(line) for line in output.splitlines()) < 1000
+    assert not any(line.startswith(forged) for line in output.splitlines())

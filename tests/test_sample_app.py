@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -17,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.logging import Logger as HypercornLogger
 from quart import Quart
 from quart import typing as quart_typing
 from quart.testing import QuartClient, WebsocketResponseError
 from quart.wrappers import Response
 
+import app as app_package
+import quartsess
 from app import auth as app_auth
 from app import create_app
 from app.logs import configure_logging
@@ -33,6 +39,7 @@ COOKIE = "quartsess_demo"
 CSRF_COOKIE = "quartsess_demo_csrf"
 TOKEN_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 TOKEN_META = re.compile(r'name="csrf-token" content="([^"]+)"')
+THROTTLE_KEY = b"k" * 32
 
 
 def build_app(tmp_path: Path, **config: Any) -> Quart:
@@ -615,33 +622,41 @@ async def test_the_limit_holds_across_workers(tmp_path: Path, clock: FakeClock) 
         assert (await attempt(new_client(other), "bob", "builder")).status_code == 429
 
 
+def first_attempts_at_once(throttles: list[LoginThrottle]) -> list[BaseException]:
+    """Each throttle's first attempt, in threads released together; what they raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(throttles))
+
+    def first_attempt(throttle: LoginThrottle) -> None:
+        start.wait(timeout=10)
+        try:
+            asyncio.run(throttle.reserve("alice", "192.0.2.1"))
+        except BaseException as error:  # collected; the callers' assertions name them
+            errors.append(error)
+
+    threads = [threading.Thread(target=first_attempt, args=(t,)) for t in throttles]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads), "hung"
+    return errors
+
+
 def test_workers_that_make_the_throttle_file_at_once_all_count_their_attempt(
     tmp_path: Path,
 ) -> None:
     """Two workers' first logins on a new file: a bare ``PRAGMA journal_mode=WAL`` got
     "database is locked" at once (no busy timeout) in about one pair in ten, a 500."""
-    errors: list[BaseException] = []
     for pair in range(100):
         path = tmp_path / f"throttle-{pair}.sqlite3"
         workers = [
-            LoginThrottle(path, per_account=Limit(5, 60), per_client=Limit(100, 60))
+            LoginThrottle(
+                path, key=THROTTLE_KEY, per_account=Limit(5, 60), per_client=Limit(100, 60)
+            )
             for _ in range(2)
         ]
-        start = threading.Barrier(len(workers))
-
-        def first_attempt(throttle: LoginThrottle, start: threading.Barrier = start) -> None:
-            start.wait(timeout=10)
-            try:
-                asyncio.run(throttle.reserve("alice", "192.0.2.1"))
-            except BaseException as error:  # collected; the assertion below names them
-                errors.append(error)
-
-        threads = [threading.Thread(target=first_attempt, args=(w,)) for w in workers]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert not any(thread.is_alive() for thread in threads), f"pair {pair}: hung"
+        errors = first_attempts_at_once(workers)
         assert errors == [], f"pair {pair}"
         connection = sqlite3.connect(path)
         try:
@@ -649,6 +664,19 @@ def test_workers_that_make_the_throttle_file_at_once_all_count_their_attempt(
         finally:
             connection.close()
         assert attempts == len(workers)  # both counted, on one row
+
+
+def test_the_sample_app_uses_only_quartsess_public_api() -> None:
+    """The app is meant to be copied: what it imports of quartsess must stay stable."""
+    imported: list[str] = []
+    for source in sorted((Path(app_package.__file__).parent).glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("quartsess"):
+                imported += [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                imported += [a.name for a in node.names if a.name.startswith("quartsess")]
+    public = {f"quartsess.{name}" for name in quartsess.__all__}
+    assert imported and set(imported) <= public, sorted(set(imported) - public)
 
 
 async def test_failed_logins_are_logged_without_forged_lines(
@@ -662,6 +690,65 @@ async def test_failed_logins_are_logged_without_forged_lines(
     assert record.levelname == "INFO" and message.startswith("failed login for 'mallory\\n")
     assert "\n" not in message and len(message) < 120
     assert "guess" not in message  # never the password
+
+
+HYPERCORN_TOML = Path(__file__).resolve().parent.parent / "hypercorn.toml"
+HUGE = 20_000  # characters: a header or form value this long is logged cut short
+
+
+async def test_client_values_in_the_app_log_lines_are_capped(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The address too: behind a proxy's headers middleware it is what the client claims
+    (Quart refuses line breaks in it, not other characters or length)."""
+    caplog.set_level(logging.INFO, logger="app")
+    app = throttled_app(tmp_path, clock, account=1, client=100)
+    async with app.test_app() as test_app:
+        device = Device(test_app, "x" * HUGE, "203.0.113.7\x1b[2K" + "a" * HUGE)
+        for _ in range(2):  # a failure, then a refusal
+            form = {
+                "username": "mallory\x1b[2K" + "u" * HUGE,
+                "password": "guess",
+                "csrf_token": await device.token("/login"),
+            }
+            assert (await device.post("/login", form)).status_code in {200, 429}
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("app")]
+    assert [m.split(" for ")[0] for m in messages] == ["failed login", "login"]
+    for message in messages:
+        assert len(message) < 500 and "\x1b" not in message, message[:600]
+        assert "'mallory\\x1b[2Ku" in message and "'203.0.113.7\\x1b[2Kaaa" in message
+
+
+async def test_the_access_log_caps_and_escapes_what_the_client_sent(tmp_path: Path) -> None:
+    """hypercorn's access log line, with hypercorn.toml's format: the User-Agent, the path
+    (decoded: %0A is a line break) and every other atom come from the client."""
+    build_app(tmp_path)
+    config = HypercornConfig.from_toml(HYPERCORN_TOML)
+    scope: Any = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/\n[2026-01-01 00:00:00 +0000] [1] [INFO] app.auth: login ok" + "p" * HUGE,
+        "query_string": b"",
+        "headers": [(b"user-agent", b"Mozilla/5.0 " + b"x" * HUGE)],
+        "client": ("203.0.113.7", 50000),
+    }
+    response: Any = {"status": 404, "headers": [(b"content-length", b"9")]}
+    records: list[logging.LogRecord] = []
+    access = logging.getLogger("hypercorn.access")
+    handlers, propagate = access.handlers, access.propagate
+    try:
+        logger = HypercornLogger(config)  # sets the access logger's handler: replaced
+        access.handlers = [logging.Handler()]
+        access.handlers[0].emit = records.append  # type: ignore[method-assign]
+        await logger.access(scope, response, 0.001)
+    finally:
+        access.handlers, access.propagate = handlers, propagate
+    [record] = records
+    message = record.getMessage()
+    assert len(message) < 1000 and "\n" not in message, message[:1200]
+    assert '"GET /\\n[2026-01-01' in message and '"Mozilla/5.0 xxx' in message
 
 
 @pytest.mark.parametrize(
@@ -1237,3 +1324,210 @@ async def test_the_audit_log_has_every_session_transition_and_no_session_id(
     assert all(len(line.split(" ")[1]) == 8 for line in lines)  # a prefix of the handle
     for cookie in (laptop_cookie, phone_cookie):
         assert cookie is not None and cookie not in caplog.text
+
+
+# -- CSRF tokens are bound to the session as well as to the browser's nonce ---------------
+
+
+def csrf_nonce(client: QuartClient) -> str:
+    assert client.cookie_jar is not None
+    [nonce] = [cookie.value for cookie in client.cookie_jar if cookie.name == CSRF_COOKIE]
+    return nonce
+
+
+@pytest.mark.parametrize("attacker", ["without a session", "logged in as bob"])
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [("/logout", {}), ("/cart/add", {"product_id": "kettle"}), ("/sessions/revoke-others", {})],
+)
+async def test_a_planted_csrf_cookie_does_not_let_its_token_act_in_the_victims_session(
+    tmp_path: Path, path: str, form: dict[str, str], attacker: str
+) -> None:
+    """A page that can set cookies for the site (a sibling subdomain, plain http) puts its
+    own nonce into the victim's browser, then posts the token it was given for that nonce."""
+    async with build_app(tmp_path).test_app() as test_app:
+        victim = Device(test_app, FIREFOX_ON_WINDOWS, "203.0.113.7")
+        phone = Device(test_app, SAFARI_ON_IPHONE, "198.51.100.20")
+        await victim.log_in()
+        await phone.log_in()
+        mallory = new_client(test_app)
+        if attacker == "logged in as bob":
+            await log_in(mallory, "bob", "builder")
+        token = await form_token(mallory, "/cart/")
+        victim.client.set_cookie("localhost", CSRF_COOKIE, csrf_nonce(mallory))
+
+        response = await victim.post(path, {"csrf_token": token, **form})
+        assert response.status_code == 400
+        assert "security token" in await text_of(response)
+        assert await victim.is_logged_in() and await phone.is_logged_in()
+        assert "Your cart is empty." in await text_of(await victim.get("/cart/"))
+
+
+async def test_a_planted_csrf_cookie_does_not_act_in_an_anonymous_session_either(
+    tmp_path: Path,
+) -> None:
+    async with build_app(tmp_path).test_app() as test_app:
+        victim, mallory = new_client(test_app), new_client(test_app)
+        await victim.get("/visits")  # a stored session, made with the victim's own nonce
+        token = await form_token(mallory, "/cart/")
+        victim.set_cookie("localhost", CSRF_COOKIE, csrf_nonce(mallory))
+        response = await victim.post("/cart/add", form={"product_id": "tea", "csrf_token": token})
+        assert response.status_code == 400
+        assert "Your cart is empty." in await text_of(await victim.get("/cart/"))
+
+
+async def test_forms_shown_before_the_browser_had_a_session_still_work_in_that_browser(
+    client: QuartClient,
+) -> None:
+    """Two tabs opened on a first visit: the first one's action stores a session, the
+    second one's forms, made before that, keep working (and the login form too)."""
+    cart = await form_token(client, "/cart/")
+    login = await form_token(client, "/login")
+    assert session_cookie(client) is None
+    added = await client.post("/cart/add", form={"product_id": "tea", "csrf_token": cart})
+    assert added.status_code == 302 and session_cookie(client) is not None
+    again = await client.post("/cart/add", form={"product_id": "mug", "csrf_token": cart})
+    assert again.status_code == 302
+    response = await client.post(
+        "/login", form={"username": "alice", "password": "wonderland", "csrf_token": login}
+    )
+    assert response.status_code == 302
+    assert '<span class="badge" id="cart-count">2</span>' in await text_of(
+        await client.get("/cart/")
+    )
+
+
+async def test_forms_still_work_after_their_session_ended(tmp_path: Path, clock: FakeClock) -> None:
+    async with build_app(tmp_path, CLOCK=clock).test_app() as test_app:
+        user = new_client(test_app)
+        await log_in(user)
+        logout = await form_token(user, "/dashboard")
+        clock.advance(121 * 60)  # the session expired while the page was open
+        response = await user.post("/logout", form={"csrf_token": logout})
+        assert response.status_code == 302
+        assert response.headers["Location"] == "/?logged_out=1"
+
+        visitor = new_client(test_app)
+        await visitor.get("/visits")
+        login = await form_token(visitor, "/login")
+        clock.advance(31 * 60)  # a visitor's session: forgotten after 30 idle minutes
+        response = await visitor.post(
+            "/login", form={"username": "bob", "password": "builder", "csrf_token": login}
+        )
+        assert response.status_code == 302
+        assert (await visitor.get("/dashboard")).status_code == 200
+
+
+async def test_csrf_tokens_of_a_session_keep_working_across_its_login(client: QuartClient) -> None:
+    await client.get("/visits")
+    token = await form_token(client, "/login")  # bound to the stored session's handle
+    response = await client.post(
+        "/login", form={"username": "alice", "password": "wonderland", "csrf_token": token}
+    )
+    assert response.status_code == 302
+    assert await socket_call(client, {"action": "read", "csrf_token": token}) == {
+        "error": "missing or wrong csrf_token"  # the login gave the browser a new nonce
+    }
+    fresh = await visits_token(client)
+    assert await socket_call(client, {"action": "read", "csrf_token": fresh}) == {"visits": 2}
+
+
+async def test_a_nonce_planted_before_the_session_was_made_loses_its_power_at_login(
+    tmp_path: Path,
+) -> None:
+    """The session remembers the nonce that made it, so a nonce planted before the first
+    visit is that nonce; login gives the browser a new one and the session forgets it."""
+    async with build_app(tmp_path).test_app() as test_app:
+        victim, mallory = new_client(test_app), new_client(test_app)
+        token = await form_token(mallory, "/cart/")
+        victim.set_cookie("localhost", CSRF_COOKIE, csrf_nonce(mallory))
+        await victim.get("/visits")
+        await log_in(victim)
+        victim.set_cookie("localhost", CSRF_COOKIE, csrf_nonce(mallory))  # planted again
+        for path, form in (("/logout", {}), ("/cart/add", {"product_id": "tea"})):
+            response = await victim.post(path, form={"csrf_token": token, **form})
+            assert response.status_code == 400, path
+        assert (await victim.get("/dashboard")).status_code == 200
+
+
+# -- the throttle's file: private, keyed by the secret key ---------------------------------
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def throttle_keys(path: Path) -> set[str]:
+    connection = sqlite3.connect(path)
+    try:
+        return {key for (key,) in connection.execute("SELECT key FROM login_attempts")}
+    finally:
+        connection.close()
+
+
+def test_the_throttle_file_is_private_also_when_workers_race_to_make_it(tmp_path: Path) -> None:
+    """Two workers' first logins on a new file, under a umask that takes nothing away:
+    SQLite alone makes the file 0644, and its journal files take the file's mode."""
+    previous = os.umask(0)
+    try:
+        for pair in range(10):
+            path = tmp_path / f"throttle-{pair}.sqlite3"
+            throttles = [
+                build_app(tmp_path, LOGIN_THROTTLE_DB=str(path)).extensions["login_throttle"]
+                for _ in range(2)
+            ]
+            errors = first_attempts_at_once(throttles)
+            assert errors == [], f"pair {pair}"
+            assert mode_of(path) == 0o600, f"pair {pair}"
+    finally:
+        os.umask(previous)
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("DELETE FROM login_attempts")
+        journals = [path.with_name(path.name + suffix) for suffix in ("-journal", "-wal")]
+        assert [mode_of(journal) for journal in journals if journal.exists()] == [0o600]
+        connection.execute("ROLLBACK")
+    finally:
+        connection.close()
+
+
+async def test_a_throttle_file_made_readable_by_an_older_version_is_made_private(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "instance" / "login_throttle.sqlite3"
+    path.parent.mkdir()
+    sqlite3.connect(path).close()
+    os.chmod(path, 0o644)
+    async with build_app(tmp_path).test_app() as test_app:
+        assert (await attempt(new_client(test_app), "alice", "guess")).status_code == 200
+    assert mode_of(path) == 0o600
+
+
+async def test_the_throttle_keys_are_hmacs_under_the_secret_key(tmp_path: Path) -> None:
+    """Unsalted hashes of ``account\\0alice`` or of an address are undone by a dictionary
+    of usernames and of the 2**32 IPv4 addresses."""
+    keys: list[set[str]] = []
+    for secret in (SECRET, "another-secret-key-for-the-sample-app"):
+        instance = tmp_path / secret
+        async with build_app(
+            tmp_path, SECRET_KEY=secret, INSTANCE_PATH=str(instance)
+        ).test_app() as test_app:
+            device = Device(test_app, FIREFOX_ON_WINDOWS, "203.0.113.7")
+            response = await device.post(
+                "/login",
+                {
+                    "username": "alice",
+                    "password": "guess",
+                    "csrf_token": await device.token("/login"),
+                },
+            )
+            assert response.status_code == 200
+        keys.append(throttle_keys(instance / "login_throttle.sqlite3"))
+    dictionary = {
+        hashlib.sha256(f"{kind}\0{value}".encode()).hexdigest()
+        for kind, value in (("account", "alice"), ("client", "203.0.113.7"))
+    }
+    assert len(keys[0]) == len(keys[1]) == 2
+    assert not (keys[0] | keys[1]) & dictionary
+    assert not keys[0] & keys[1]  # another secret key, other keys
