@@ -16,15 +16,17 @@ from werkzeug.exceptions import HTTPException
 
 from quartsess import Session, StoreError
 
-from . import audit, auth, cart, devices, throttle, views
+from . import account, audit, auth, cart, devices, throttle, views
 from .auth import current_user
 from .cart import cart_count, money
 from .csrf import check_csrf, csrf_token, set_csrf_cookie
 from .logs import configure_logging, guard_access_log
+from .passwords import PasswordStore
 from .secret import derive_key, load_secret_key
 from .throttle import Limit, LoginThrottle
 
 THROTTLE_FILE = "login_throttle.sqlite3"
+PASSWORDS_FILE = "passwords.sqlite3"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 # A strict policy works because the pages have no inline script or style.
@@ -88,8 +90,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_secret_key(app.instance_path)
 
-    Session(app, clock=clock)
+    sessions = Session(app, clock=clock)
     audit.install(app)
+    account.install(sessions)
+    app.extensions["passwords"] = PasswordStore(
+        app.config.get("PASSWORDS_DB") or os.path.join(app.instance_path, PASSWORDS_FILE)
+    )
     app.extensions["login_throttle"] = LoginThrottle(
         app.config.get("LOGIN_THROTTLE_DB") or os.path.join(app.instance_path, THROTTLE_FILE),
         key=derive_key(app.config["SECRET_KEY"], throttle.KEY_PURPOSE),
@@ -101,6 +107,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Quart:
     app.register_blueprint(auth.bp)
     app.register_blueprint(cart.bp)
     app.register_blueprint(devices.bp)
+    app.register_blueprint(account.bp)
     app.before_request(check_csrf)
     app.after_request(set_csrf_cookie)
     app.after_request(_security_headers)

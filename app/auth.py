@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from quart import (
@@ -94,9 +94,13 @@ def login_required(
 
 
 async def authenticate(username: str, password: str) -> DemoUser | None:
-    """The user whose password this is, or ``None``. Hashing runs off the event loop."""
+    """The user whose password this is (the one they set, else the demo's), or ``None``.
+    Hashing runs off the event loop."""
     user = USERS.get(username)
     stored = user.password_hash if user else _DUMMY_HASH
+    if user is not None:
+        changed = await current_app.extensions["passwords"].hash_for(username)
+        stored = changed or stored
     matches = await asyncio.to_thread(check_password_hash, stored, password)
     return user if matches and user is not None else None
 
@@ -150,12 +154,7 @@ async def login_submit() -> ResponseReturnValue:
     throttle = login_throttle()
     wait = await throttle.reserve(username, client)
     if wait is not None:
-        logger.warning(
-            "login for %r from %r refused for %d s: too many failures", shown, shown_client, wait
-        )
-        error = f"Too many failed logins. Try again in {_minutes(wait)}."
-        body = await render_template("login.html", error=error, **context)
-        return body, 429, {"Retry-After": str(wait)}
+        return await throttled_answer("login.html", wait, username, client, **context)
     user = await authenticate(username, form.get("password", ""))
     if user is None:
         # No flash and no other write: a failed login leaves the session as it was.
@@ -170,6 +169,21 @@ async def login_submit() -> ResponseReturnValue:
     session["user"] = user.username
     await flash(f"Welcome, {user.display_name}!", "success")
     return redirect(safe_next(form.get("next")))
+
+
+async def throttled_answer(
+    template: str, wait: int, account: str, address: str, **context: Any
+) -> ResponseReturnValue:
+    """The 429 of a password form whose account or client is over its limit."""
+    logger.warning(
+        "login for %r from %r refused for %d s: too many failures",
+        capped(account, LOGGED_NAME_LENGTH),
+        capped(address),
+        wait,
+    )
+    error = f"Too many failed logins. Try again in {_minutes(wait)}."
+    body = await render_template(template, error=error, **context)
+    return body, 429, {"Retry-After": str(wait)}
 
 
 def login_throttle() -> LoginThrottle:

@@ -18,10 +18,11 @@ from quart import (
 )
 from ua_parser import parse
 
-from quartsess import Session, SessionInfo, session
+from quartsess import Session, SessionInfo, recent_authentication_required, session
 
 from .auth import current_user, login_required
 from .flashes import flash
+from .recent import RECENT
 
 bp = Blueprint("devices", __name__, url_prefix="/sessions")
 
@@ -131,6 +132,7 @@ async def revoke() -> ResponseReturnValue:
 
 @bp.post("/revoke-others")
 @login_required
+@recent_authentication_required(RECENT)
 async def revoke_others() -> ResponseReturnValue:
     """Log out every device of this user but this one."""
     count = await sessions_extension().revoke_user_sessions(username(), keep_current=True)

@@ -8,6 +8,7 @@ Playwright's own browser downloads are never used.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -401,6 +402,82 @@ async def test_a_live_page_closes_when_its_device_is_logged_out_elsewhere(
             )
             await expect(first.get_by_role("button", name="Count a visit live")).to_be_disabled()
             await screenshot(first, "18-visits-live-logged-out")
+            assert first_errors == [] and second_errors == []
+        finally:
+            await first_context.close()
+            await second_context.close()
+
+
+RECENT_LOGIN_SECONDS = 2
+
+
+async def test_sensitive_actions_ask_for_the_password_again_after_a_while(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """Two browsers logged in as alice, on a server where a sensitive action needs a login
+    within 2 s (10 minutes by default): once that passed, "Log out all other devices"
+    and "Change password" go through "Confirm your password" and come back; the new
+    password logs the other browser out."""
+    env = server_env(
+        tmp_path / "instance", QUARTSESS_RECENT_LOGIN_SECONDS=str(RECENT_LOGIN_SECONDS)
+    )
+    with hypercorn_server(env, tmp_path / "server.log") as server:
+        first_context = await browser.new_context(
+            base_url=server.url, viewport={"width": 1100, "height": 800}
+        )
+        second_context = await browser.new_context(
+            base_url=server.url,
+            viewport={"width": 1100, "height": 800},
+            user_agent=FIREFOX_ON_WINDOWS,
+        )
+        try:
+            first, first_errors = await open_watched_page(first_context)
+            second, second_errors = await open_watched_page(second_context)
+            await log_in(first)
+            await log_in(second)
+            await expect(second).to_have_url(re.compile(r"/dashboard$"))
+            await asyncio.sleep(RECENT_LOGIN_SECONDS + 1)  # the logins grow old
+
+            await first.goto("/sessions/")
+            await first.get_by_role("button", name="Log out all other devices").click()
+            await expect(first).to_have_url(re.compile(r"/account/confirm\?next=/sessions/$"))
+            await expect(first.locator("#confirm-needed")).to_be_visible()
+            await screenshot(first, "19-confirm-password")
+            await first.get_by_label("Password").fill("wonderland")
+            await first.get_by_role("button", name="Confirm").click()
+            await expect(first).to_have_url(re.compile(r"/sessions/$"))
+            await first.get_by_role("button", name="Log out all other devices").click()
+            await expect(first.get_by_text("Logged out 1 other device.")).to_be_visible()
+            await second.goto("/dashboard")
+            await expect(second).to_have_url(re.compile(r"/login\?next=/dashboard$"))
+            await log_in(second)  # back in, for the password change below
+            await expect(second).to_have_url(re.compile(r"/dashboard$"))
+
+            await asyncio.sleep(RECENT_LOGIN_SECONDS + 1)
+            await first.goto("/dashboard")
+            await first.get_by_role("link", name="Change password").click()
+            await expect(first).to_have_url(
+                re.compile(r"/account/confirm\?next=/account/password$")
+            )
+            await first.get_by_label("Password").fill("wonderland")
+            await first.get_by_role("button", name="Confirm").click()
+            await expect(first).to_have_url(re.compile(r"/account/password$"))
+            await first.get_by_label("New password", exact=True).fill("looking-glass")
+            await first.get_by_label("New password, again").fill("looking-glass")
+            await screenshot(first, "20-change-password")
+            await first.get_by_role("button", name="Change password").click()
+            await expect(first).to_have_url(re.compile(r"/dashboard$"))
+            await expect(
+                first.get_by_text("Password changed. Logged out 1 other device.")
+            ).to_be_visible()
+            await screenshot(first, "21-password-changed")
+
+            await second.goto("/dashboard")  # logged out by the change
+            await expect(second).to_have_url(re.compile(r"/login\?next=/dashboard$"))
+            await log_in(second)  # the old password no longer works
+            await expect(second.locator("#login-error")).to_be_visible()
+            await log_in(second, "alice", "looking-glass")
+            await expect(second).to_have_url(re.compile(r"/dashboard$"))
             assert first_errors == [] and second_errors == []
         finally:
             await first_context.close()

@@ -1531,3 +1531,113 @@ async def test_the_throttle_keys_are_hmacs_under_the_secret_key(tmp_path: Path) 
     assert len(keys[0]) == len(keys[1]) == 2
     assert not (keys[0] | keys[1]) & dictionary
     assert not keys[0] & keys[1]  # another secret key, other keys
+
+
+# -- step-up: sensitive actions need a recent login -----------------------------------------
+
+
+async def test_changing_the_password_needs_a_recent_login_and_logs_out_the_others(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    async with build_app(tmp_path, CLOCK=clock).test_app() as test_app:
+        laptop = Device(test_app, FIREFOX_ON_WINDOWS, "203.0.113.7")
+        phone = Device(test_app, SAFARI_ON_IPHONE, "198.51.100.20")
+        await laptop.log_in()
+        await phone.log_in()
+        assert (await laptop.get("/account/password")).status_code == 200  # just logged in
+
+        clock.now += 11 * 60  # the login is now too old for a sensitive action
+        sent = await laptop.get("/account/password")
+        assert sent.status_code == 302
+        assert sent.headers["Location"] == "/account/confirm?next=/account/password"
+        token = await laptop.token("/account/confirm?next=/account/password")
+        wrong = await laptop.post(
+            "/account/confirm",
+            {"password": "guess", "next": "/account/password", "csrf_token": token},
+        )
+        assert wrong.status_code == 200
+        assert "That is not your password." in await text_of(wrong)
+        assert (await laptop.get("/account/password")).status_code == 302  # still not
+        confirmed = await laptop.post(
+            "/account/confirm",
+            {"password": "wonderland", "next": "/account/password", "csrf_token": token},
+        )
+        assert confirmed.status_code == 302
+        assert confirmed.headers["Location"] == "/account/password"
+
+        token = await laptop.token("/account/password")
+        short = await laptop.post(
+            "/account/password",
+            {"new_password": "short", "new_password_again": "short", "csrf_token": token},
+        )
+        assert "Use at least 8 characters." in await text_of(short)
+        changed = await laptop.post(
+            "/account/password",
+            {
+                "new_password": "looking-glass",
+                "new_password_again": "looking-glass",
+                "csrf_token": token,
+            },
+        )
+        assert changed.status_code == 302
+        dashboard = await text_of(await laptop.get("/dashboard"))
+        assert "Password changed. Logged out 1 other device." in dashboard
+        assert (await phone.get("/dashboard")).status_code == 302  # logged out
+
+    # The new password is the one that works now, in every worker (a file they share).
+    async with build_app(tmp_path, CLOCK=clock).test_app() as test_app:
+        tablet = Device(test_app, CHROME_ON_ANDROID, "192.0.2.99")
+        form = {"username": "alice", "password": "wonderland"}
+        refused = await tablet.post("/login", {**form, "csrf_token": await tablet.token("/login")})
+        assert refused.status_code == 200
+        await tablet.log_in("alice", "looking-glass")
+    assert (tmp_path / "instance" / "passwords.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+async def test_logging_out_all_other_devices_needs_a_recent_login(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with build_app(tmp_path, CLOCK=clock).test_app() as test_app:
+        laptop = Device(test_app, FIREFOX_ON_WINDOWS, "203.0.113.7")
+        phone = Device(test_app, SAFARI_ON_IPHONE, "198.51.100.20")
+        await laptop.log_in()
+        await phone.log_in()
+        clock.now += 11 * 60
+        token = await laptop.token("/sessions/")
+        sent = await laptop.client.post(
+            "/sessions/revoke-others",
+            form={"csrf_token": token},
+            headers={"User-Agent": laptop.user_agent, "Referer": "http://localhost/sessions/"},
+            scope_base={"client": laptop._client},
+        )
+        assert sent.status_code == 302
+        assert sent.headers["Location"] == "/account/confirm?next=/sessions/"
+        assert len(await laptop.rows()) == 2  # nothing was done
+        token = await laptop.token("/account/confirm?next=/sessions/")
+        back = await laptop.post(
+            "/account/confirm",
+            {"password": "wonderland", "next": "/sessions/", "csrf_token": token},
+        )
+        assert back.headers["Location"] == "/sessions/"
+        done = await laptop.post("/sessions/revoke-others", {"csrf_token": token})
+        assert done.status_code == 302
+        assert len(await laptop.rows()) == 1
+
+
+async def test_password_confirmations_are_throttled_as_logins_are(tmp_path: Path) -> None:
+    async with build_app(
+        tmp_path, LOGIN_LIMIT_PER_ACCOUNT=Limit(failures=2, window=900)
+    ).test_app() as test_app:
+        laptop = Device(test_app, FIREFOX_ON_WINDOWS, "203.0.113.7")
+        await laptop.log_in()
+        token = await laptop.token("/account/confirm")
+        answers = [
+            (await laptop.post("/account/confirm", {"password": "guess", "csrf_token": token}))
+            for _ in range(3)
+        ]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert answers[2].headers["Retry-After"]
+        right = await laptop.post(
+            "/account/confirm", {"password": "wonderland", "csrf_token": token}
+        )
+        assert right.status_code == 429  # refused before the password is checked
