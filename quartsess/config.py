@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -253,18 +252,63 @@ class SessionConfig:
         )
 
 
+#: Most edits (a letter added, dropped, replaced, or two swapped) that make a typo.
+TYPO_DISTANCE = 2
+
+
 def misspelled_keys(config: Iterable[str]) -> list[tuple[str, str]]:
-    """``(unknown, suggestion)`` for keys that look like typos of quartsess's settings or of
-    Quart's session-related ones (``PERMANENT_SESSION_LIFETIM``)."""
-    known = KNOWN_KEYS | QUART_SESSION_KEYS
+    """``(unknown, suggestion)`` for upper-case keys that look like typos of quartsess's
+    settings or of Quart's session-related ones, whether or not they contain ``SESSION``
+    (``SESION_TABLE``, ``SECERT_KEY``, ``PERMANENT_SESSION_LIFETIM``).
+
+    A typo is at most :data:`TYPO_DISTANCE` edits away (a letter added, dropped,
+    replaced, or two neighbours swapped): a name that only shares words with ours
+    (``JWT_SECRET_KEY``, ``REMEMBER_COOKIE_SECURE``) is another setting, not a typo.
+    Quart's and Flask's own settings are never reported."""
+    known = sorted(KNOWN_KEYS | QUART_SESSION_KEYS)
     found = []
     for key in config:
-        if key in known or key in FOREIGN_KEYS or not ("SESSION" in key or "SECRET" in key):
+        if not isinstance(key, str) or not key.isupper():
             continue
-        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+        if key in KNOWN_KEYS or key in QUART_SESSION_KEYS or key in FOREIGN_KEYS:
+            continue
+        if key in _framework_keys():
+            continue
+        close = [
+            (distance, name)
+            for name in known
+            if (distance := _edit_distance(key, name, TYPO_DISTANCE)) <= TYPO_DISTANCE
+        ]
         if close:
-            found.append((key, close[0]))
+            found.append((key, min(close)[1]))
     return found
+
+
+def _framework_keys() -> frozenset[str]:
+    """Quart's (and so Flask's) default settings: never a typo of ours."""
+    from quart import Quart
+
+    return frozenset(Quart.default_config)
+
+
+def _edit_distance(a: str, b: str, bound: int) -> int:
+    """The optimal string alignment distance of ``a`` and ``b`` (insertions, deletions,
+    substitutions, swaps of neighbours), or ``bound + 1`` once it must exceed ``bound``."""
+    if abs(len(a) - len(b)) > bound:
+        return bound + 1
+    before: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], before[j - 2] + 1)
+        if min(current) > bound:
+            return bound + 1
+        before, previous = previous, current
+    return previous[-1]
 
 
 def foreign_keys(config: Iterable[str]) -> list[tuple[str, str]]:
