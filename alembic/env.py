@@ -4,7 +4,9 @@ The database URL and table name are found the way the sample app finds them:
 
 - URL: ``-x url=...``, else ``QUARTSESS_DB_URL``, else ``SESSION_DB_URL``, else the
   SQLite file ``quartsess.sqlite3`` in ``QUARTSESS_INSTANCE_PATH`` (default ``instance/``
-  beside this directory), which is where the app keeps it by default.
+  beside this directory), which is where the app keeps it by default. A SQLite URL may
+  name any driver the app accepts (``sqlite://``, ``sqlite+pysqlite://``): the file is
+  migrated through aiosqlite.
 - Table: ``-x table=...``, else ``QUARTSESS_TABLE``, else ``SESSION_TABLE``, else
   ``quart_sessions``.
 
@@ -57,6 +59,10 @@ def database_url() -> URL:
             f"quartsess's migrations run through an async driver, like the app: {problem} "
             f"(got {url.render_as_string(hide_password=True)})"
         )
+    if url.get_backend_name() == "sqlite" and url.get_driver_name() != "aiosqlite":
+        # The app serves SQLite with the standard library's sqlite3 whatever driver the
+        # URL names (sqlite://, sqlite+pysqlite://); the same file, through aiosqlite here.
+        url = url.set(drivername="sqlite+aiosqlite")
     return url
 
 

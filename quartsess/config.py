@@ -403,7 +403,7 @@ def _database_url(config: Mapping[str, Any], instance_path: str) -> URL:
     except (ArgumentError, ValueError):
         raise ConfigurationError(
             "SESSION_DB_URL",
-            "is not a database URL; expected e.g. sqlite+aiosqlite:///path/sessions.db or "
+            "is not a database URL; expected e.g. sqlite:///path/sessions.db or "
             "postgresql+asyncpg://user@host/db",
         ) from None
     return url

@@ -289,7 +289,6 @@ async def test_offline_mode_prints_the_sql(table_name: str) -> None:
         ("postgresql+psycopg2://nobody@127.0.0.1/none", "postgresql+asyncpg://", "[postgresql]"),
         ("mysql+pymysql://root@127.0.0.1/none", "mysql+asyncmy://", "quartsess[mysql]"),
         ("mariadb://root@127.0.0.1/none", "mariadb+asyncmy://", "quartsess[mysql]"),
-        ("sqlite:///none.sqlite3", "sqlite+aiosqlite://", "pip install quartsess"),
     ],
 )
 async def test_a_sync_driver_url_is_refused_naming_the_driver_to_write(

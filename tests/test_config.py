@@ -54,6 +54,7 @@ def build(tmp_path: Path, **config: Any) -> Quart:
         ({"SESSION_TABLE": "séssions"}, "SESSION_TABLE", "ASCII"),
         ({"SESSION_TABLE": "s" * 49}, "SESSION_TABLE", "48"),
         ({"SESSION_DB_URL": "postgresql+psycopg://u@h/db"}, "SESSION_DB_URL", "asyncpg"),
+        ({"SESSION_DB_URL": "sqlite+pysqlcipher:///s.db"}, "SESSION_DB_URL", "sqlite:///path"),
         (
             {
                 "SESSION_DB_URL": "postgresql+asyncpg://u@h/db",
