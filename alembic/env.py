@@ -22,7 +22,7 @@ from logging.config import fileConfig
 from typing import Any
 
 from alembic import context
-from sqlalchemy import MetaData, pool
+from sqlalchemy import MetaData, Table, pool
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -108,6 +108,18 @@ def do_run_migrations(connection: Connection) -> None:
     context.configure(connection=connection, **_options())
     with context.begin_transaction():
         context.run_migrations()
+        _drop_version_table_at_base(connection)
+
+
+def _drop_version_table_at_base(connection: Connection) -> None:
+    """With no revision recorded (``downgrade base``, ``stamp base``, or a ``check`` of
+    an empty database, for which Alembic creates it), drop ``<table>_alembic_version``:
+    at base nothing of quartsess's is left in the database. Read-only commands
+    (``current``) leave it alone."""
+    migration = context.get_context()
+    if migration.opts.get("dont_mutate") or migration.get_current_heads():
+        return
+    Table(_options()["version_table"], MetaData()).drop(connection, checkfirst=True)
 
 
 async def run_async_migrations() -> None:
