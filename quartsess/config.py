@@ -38,6 +38,7 @@ OWN_KEYS = frozenset(
         "SESSION_PRUNE_INTERVAL",
         "SESSION_MAX_BYTES",
         "SESSION_CREATE_TABLE",
+        "SESSION_REQUIRE_TABLE",
         "SESSION_USER_KEY",
         "SESSION_MAX_PER_USER",
         "SESSION_ANONYMOUS_IDLE_TIMEOUT",
@@ -143,6 +144,7 @@ class SessionConfig:
     prune_interval: float = DEFAULT_PRUNE_INTERVAL
     max_bytes: int = DEFAULT_MAX_BYTES
     create_table: bool = True
+    require_table: bool = False
     user_key: str | None = DEFAULT_USER_KEY
     max_per_user: int | None = None
     anonymous_idle_timeout: int | None = None
@@ -155,6 +157,7 @@ class SessionConfig:
             f"idle_timeout={self.idle_timeout}, absolute_timeout={self.absolute_timeout}, "
             f"touch_interval={self.touch_interval}, prune_interval={self.prune_interval}, "
             f"max_bytes={self.max_bytes}, create_table={self.create_table}, "
+            f"require_table={self.require_table}, "
             f"user_key={self.user_key!r}, max_per_user={self.max_per_user}, "
             f"anonymous_idle_timeout={self.anonymous_idle_timeout}, "
             f"record_client={self.record_client})"
@@ -219,6 +222,9 @@ class SessionConfig:
         create = config.get("SESSION_CREATE_TABLE", True)
         if not isinstance(create, bool):
             raise ConfigurationError("SESSION_CREATE_TABLE", "must be True or False")
+        require = config.get("SESSION_REQUIRE_TABLE", False)
+        if not isinstance(require, bool):
+            raise ConfigurationError("SESSION_REQUIRE_TABLE", "must be True or False")
         user_key = config.get("SESSION_USER_KEY", DEFAULT_USER_KEY)
         if user_key is not None and (not isinstance(user_key, str) or not user_key):
             raise ConfigurationError(
@@ -245,6 +251,7 @@ class SessionConfig:
             prune_interval=float(prune),
             max_bytes=int(max_bytes),
             create_table=create,
+            require_table=require,
             user_key=user_key,
             max_per_user=max_per_user,
             anonymous_idle_timeout=anonymous,
