@@ -1,4 +1,5 @@
-"""``quart sessions ...``: prune, gen-key, rotate-keys and stats, under Quart's own CLI."""
+"""``quart sessions ...``: prune, gen-key, derived-key, rotate-keys, stats, list, revoke
+and migrate, under Quart's own CLI."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 from quart.cli import AppGroup, ScriptInfo, pass_script_info
 
-from .cli_app import load_parts
-from .errors import StoreError, TableMissing
+from .cli_app import load_app, load_parts
+from .config import derived_keys
+from .errors import ConfigurationError, StoreError, TableMissing
 from .ids import log_id
 from .keys import generate_key
 from .migrate import migrate_cli
@@ -32,6 +34,27 @@ sessions_cli.add_command(migrate_cli)
 def gen_key_command() -> None:
     """Print a new Fernet key for SESSION_ENCRYPTION_KEYS (put it first to rotate)."""
     click.echo(generate_key())
+
+
+@sessions_cli.command("derived-key")
+@pass_script_info
+def derived_key_command(info: ScriptInfo) -> None:
+    """Print the Fernet keys derived from the app's SECRET_KEY (then SECRET_KEY_FALLBACKS).
+
+    To move to explicit keys without logging anyone out, set SESSION_ENCRYPTION_KEYS to a
+    new key (gen-key) followed by these, run rotate-keys, then drop these."""
+    app = load_app(info)
+    try:
+        keys = derived_keys(app.config)
+    except ConfigurationError as error:
+        raise click.ClickException(f"no key is derived: {error}") from None
+    if app.config.get("SESSION_ENCRYPTION_KEYS"):
+        click.echo(
+            "note: the app sets SESSION_ENCRYPTION_KEYS, so these derived keys open only rows "
+            "written before it did.",
+            err=True,
+        )
+    click.echo(",".join(key.decode("ascii") for key in keys))
 
 
 @sessions_cli.command("prune")

@@ -357,6 +357,13 @@ def _encryption_keys(config: Mapping[str, Any]) -> list[bytes]:
                     "bytes); create one with `quart sessions gen-key`",
                 ) from None
         return fernet_keys(configured)
+    return derived_keys(config)
+
+
+def derived_keys(config: Mapping[str, Any]) -> list[bytes]:
+    """The Fernet keys derived from ``SECRET_KEY`` and then each of
+    ``SECRET_KEY_FALLBACKS``: what encrypts and opens sessions while
+    ``SESSION_ENCRYPTION_KEYS`` is unset (``quart sessions derived-key`` prints them)."""
     secret = config.get("SECRET_KEY")
     if not secret:
         raise ConfigurationError(
