@@ -17,7 +17,7 @@ from .errors import ConfigurationError, StoreError, TableMissing
 from .ids import log_id
 from .keys import generate_key
 from .migrate import migrate_cli
-from .rotation import ROTATE_BATCH_SIZE, rotate_keys
+from .rotation import ROTATE_BATCH_SIZE, KeyCheck, check_keys, rotate_keys
 
 if TYPE_CHECKING:
     from .extension import SessionParts
@@ -91,7 +91,7 @@ def stats_command(info: ScriptInfo) -> None:
 def list_command(info: ScriptInfo, user: str) -> None:
     """List a user's live sessions, most recently active first."""
 
-    async def listing(parts: SessionParts) -> None:
+    async def listing(parts: SessionParts) -> KeyCheck | None:
         found = await parts.users.list(user)
         click.echo(f"{len(found)} live session{'s' if len(found) != 1 else ''} of user {user!r}.")
         for info_ in found:
@@ -100,8 +100,9 @@ def list_command(info: ScriptInfo, user: str) -> None:
                 f"{_when(info_.last_seen_at)}  expires {_when(info_.expires_at)}  "
                 f"ip {info_.ip_address or '-'}  {info_.user_agent or '-'}"
             )
+        return None if found else await _check_keys(parts)
 
-    _run(info, listing)
+    _fail_on_foreign_keys(_run(info, listing))
 
 
 @sessions_cli.command("revoke")
@@ -114,13 +115,18 @@ def revoke_command(info: ScriptInfo, user: str | None, handle: str | None) -> No
     if user is None and handle is None:
         raise click.UsageError("give --user, --handle, or both")
 
-    async def revoke(parts: SessionParts) -> int:
+    async def revoke(parts: SessionParts) -> tuple[int, KeyCheck | None]:
         if handle is not None:
-            return int(await parts.users.revoke(handle, user=user))
-        return await parts.users.revoke_all(user or "")
+            ended = int(await parts.users.revoke(handle, user=user))
+        else:
+            ended = await parts.users.revoke_all(user or "")
+        # A user's rows are found by a keyed hash: with keys other than the app's, none is.
+        check = await _check_keys(parts) if user is not None and not ended else None
+        return ended, check
 
-    ended = _run(info, revoke)
+    ended, check = _run(info, revoke)
     click.echo(f"Revoked {ended} session{'s' if ended != 1 else ''}.")
+    _fail_on_foreign_keys(check)
     if handle is not None and not ended:
         raise click.exceptions.Exit(1)
 
@@ -182,6 +188,24 @@ def rotate_keys_command(info: ScriptInfo, delete_unreadable: bool, batch_size: i
                 raise click.exceptions.Exit(1)
 
     _run(info, rotate)
+
+
+async def _check_keys(parts: SessionParts) -> KeyCheck:
+    return await check_keys(parts.store, parts.codec, parts.policy, int(parts.saver.clock()))
+
+
+def _fail_on_foreign_keys(check: KeyCheck | None) -> None:
+    """Exit 1 saying so when the stored sessions do not open with this command's keys:
+    "no session of this user" would then be a guess."""
+    if check is None or not check.opens_none:
+        return
+    sessions = "session" if check.checked == 1 else "sessions"
+    raise click.ClickException(
+        f"none of the {check.checked} live {sessions} checked opens with the configured "
+        "keys, so this command cannot tell whose they are: it does not run with the keys "
+        "the app serves with. Load the app with its SECRET_KEY (and SECRET_KEY_FALLBACKS) "
+        "or SESSION_ENCRYPTION_KEYS."
+    )
 
 
 def _run(info: ScriptInfo, work: Callable[[SessionParts], Awaitable[T]]) -> T:
