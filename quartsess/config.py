@@ -73,8 +73,10 @@ _ASYNC_URL = (
     "postgresql+asyncpg://...); quartsess makes its own engine (SESSION_ENGINE_OPTIONS)"
 )
 _NO_PINNING = (
-    "sessions are not pinned to the client's IP address; call session.regenerate() on "
-    "login and consider SESSION_ABSOLUTE_TIMEOUT"
+    "sessions are not pinned to the client's IP address; store the user at "
+    "SESSION_USER_KEY (a change of user renews the ID: a login needs no "
+    "session.regenerate()), call session.regenerate() on other privilege changes, and "
+    "consider SESSION_ABSOLUTE_TIMEOUT"
 )
 # Settings of Flask-Session and Quart-Session -> what to do instead with quartsess.
 FOREIGN_KEYS: Mapping[str, str] = {
