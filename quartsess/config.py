@@ -294,7 +294,7 @@ def misspelled_keys(config: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def _framework_keys() -> frozenset[str]:
-    """Quart's (and so Flask's) default settings: never a typo of ours."""
+    """Quart's default settings (most of them Flask's too): never a typo of ours."""
     from quart import Quart
 
     return frozenset(Quart.default_config)
