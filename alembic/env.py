@@ -4,7 +4,9 @@ The database URL and table name are found the way the sample app finds them:
 
 - URL: ``-x url=...``, else ``QUARTSESS_DB_URL``, else ``SESSION_DB_URL``, else the
   SQLite file ``quartsess.sqlite3`` in ``QUARTSESS_INSTANCE_PATH`` (default ``instance/``
-  beside this directory), which is where the app keeps it by default.
+  beside this directory), which is where the app keeps it by default. A SQLite URL may
+  name any driver the app accepts (``sqlite://``, ``sqlite+pysqlite://``): the file is
+  migrated through aiosqlite.
 - Table: ``-x table=...``, else ``QUARTSESS_TABLE``, else ``SESSION_TABLE``, else
   ``quart_sessions``.
 
@@ -20,7 +22,7 @@ from logging.config import fileConfig
 from typing import Any
 
 from alembic import context
-from sqlalchemy import MetaData, pool
+from sqlalchemy import MetaData, Table, pool
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -57,6 +59,10 @@ def database_url() -> URL:
             f"quartsess's migrations run through an async driver, like the app: {problem} "
             f"(got {url.render_as_string(hide_password=True)})"
         )
+    if url.get_backend_name() == "sqlite" and url.get_driver_name() != "aiosqlite":
+        # The app serves SQLite with the standard library's sqlite3 whatever driver the
+        # URL names (sqlite://, sqlite+pysqlite://); the same file, through aiosqlite here.
+        url = url.set(drivername="sqlite+aiosqlite")
     return url
 
 
@@ -102,6 +108,18 @@ def do_run_migrations(connection: Connection) -> None:
     context.configure(connection=connection, **_options())
     with context.begin_transaction():
         context.run_migrations()
+        _drop_version_table_at_base(connection)
+
+
+def _drop_version_table_at_base(connection: Connection) -> None:
+    """With no revision recorded (``downgrade base``, ``stamp base``, or a ``check`` of
+    an empty database, for which Alembic creates it), drop ``<table>_alembic_version``:
+    at base nothing of quartsess's is left in the database. Read-only commands
+    (``current``) leave it alone."""
+    migration = context.get_context()
+    if migration.opts.get("dont_mutate") or migration.get_current_heads():
+        return
+    Table(_options()["version_table"], MetaData()).drop(connection, checkfirst=True)
 
 
 async def run_async_migrations() -> None:

@@ -1,4 +1,5 @@
-"""``quart sessions ...``: prune, gen-key, rotate-keys and stats, under Quart's own CLI."""
+"""``quart sessions ...``: prune, gen-key, derived-key, rotate-keys, stats, list, revoke
+and migrate, under Quart's own CLI."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 from quart.cli import AppGroup, ScriptInfo, pass_script_info
 
-from .cli_app import load_parts
-from .errors import StoreError, TableMissing
+from .cli_app import load_app, load_parts
+from .config import derived_keys
+from .errors import ConfigurationError, StoreError, TableMissing
 from .ids import log_id
 from .keys import generate_key
 from .migrate import migrate_cli
-from .rotation import ROTATE_BATCH_SIZE, rotate_keys
+from .rotation import ROTATE_BATCH_SIZE, KeyCheck, check_keys, rotate_keys
 
 if TYPE_CHECKING:
     from .extension import SessionParts
@@ -32,6 +34,27 @@ sessions_cli.add_command(migrate_cli)
 def gen_key_command() -> None:
     """Print a new Fernet key for SESSION_ENCRYPTION_KEYS (put it first to rotate)."""
     click.echo(generate_key())
+
+
+@sessions_cli.command("derived-key")
+@pass_script_info
+def derived_key_command(info: ScriptInfo) -> None:
+    """Print the Fernet keys derived from the app's SECRET_KEY (then SECRET_KEY_FALLBACKS).
+
+    To move to explicit keys without logging anyone out, set SESSION_ENCRYPTION_KEYS to a
+    new key (gen-key) followed by these, run rotate-keys, then drop these."""
+    app = load_app(info)
+    try:
+        keys = derived_keys(app.config)
+    except ConfigurationError as error:
+        raise click.ClickException(f"no key is derived: {error}") from None
+    if app.config.get("SESSION_ENCRYPTION_KEYS"):
+        click.echo(
+            "note: the app sets SESSION_ENCRYPTION_KEYS, so these derived keys open only rows "
+            "written before it did.",
+            err=True,
+        )
+    click.echo(",".join(key.decode("ascii") for key in keys))
 
 
 @sessions_cli.command("prune")
@@ -68,7 +91,7 @@ def stats_command(info: ScriptInfo) -> None:
 def list_command(info: ScriptInfo, user: str) -> None:
     """List a user's live sessions, most recently active first."""
 
-    async def listing(parts: SessionParts) -> None:
+    async def listing(parts: SessionParts) -> KeyCheck | None:
         found = await parts.users.list(user)
         click.echo(f"{len(found)} live session{'s' if len(found) != 1 else ''} of user {user!r}.")
         for info_ in found:
@@ -78,8 +101,9 @@ def list_command(info: ScriptInfo, user: str) -> None:
                 f"authenticated {_when(info_.authenticated_at) if info_.authenticated_at else '-'}"
                 f"  ip {info_.ip_address or '-'}  {info_.user_agent or '-'}"
             )
+        return None if found else await _check_keys(parts)
 
-    _run(info, listing)
+    _fail_on_foreign_keys(_run(info, listing))
 
 
 @sessions_cli.command("revoke")
@@ -92,13 +116,18 @@ def revoke_command(info: ScriptInfo, user: str | None, handle: str | None) -> No
     if user is None and handle is None:
         raise click.UsageError("give --user, --handle, or both")
 
-    async def revoke(parts: SessionParts) -> int:
+    async def revoke(parts: SessionParts) -> tuple[int, KeyCheck | None]:
         if handle is not None:
-            return int(await parts.users.revoke(handle, user=user))
-        return await parts.users.revoke_all(user or "")
+            ended = int(await parts.users.revoke(handle, user=user))
+        else:
+            ended = await parts.users.revoke_all(user or "")
+        # A user's rows are found by a keyed hash: with keys other than the app's, none is.
+        check = await _check_keys(parts) if user is not None and not ended else None
+        return ended, check
 
-    ended = _run(info, revoke)
+    ended, check = _run(info, revoke)
     click.echo(f"Revoked {ended} session{'s' if ended != 1 else ''}.")
+    _fail_on_foreign_keys(check)
     if handle is not None and not ended:
         raise click.exceptions.Exit(1)
 
@@ -160,6 +189,24 @@ def rotate_keys_command(info: ScriptInfo, delete_unreadable: bool, batch_size: i
                 raise click.exceptions.Exit(1)
 
     _run(info, rotate)
+
+
+async def _check_keys(parts: SessionParts) -> KeyCheck:
+    return await check_keys(parts.store, parts.codec, parts.policy, int(parts.saver.clock()))
+
+
+def _fail_on_foreign_keys(check: KeyCheck | None) -> None:
+    """Exit 1 saying so when the stored sessions do not open with this command's keys:
+    "no session of this user" would then be a guess."""
+    if check is None or not check.opens_none:
+        return
+    sessions = "session" if check.checked == 1 else "sessions"
+    raise click.ClickException(
+        f"none of the {check.checked} live {sessions} checked opens with the configured "
+        "keys, so this command cannot tell whose they are: it does not run with the keys "
+        "the app serves with. Load the app with its SECRET_KEY (and SECRET_KEY_FALLBACKS) "
+        "or SESSION_ENCRYPTION_KEYS."
+    )
 
 
 def _run(info: ScriptInfo, work: Callable[[SessionParts], Awaitable[T]]) -> T:

@@ -10,17 +10,25 @@ from quart.cli import ScriptInfo
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from quart import Quart
+
     from .extension import SessionParts
+
+
+def load_app(info: ScriptInfo) -> Quart:
+    """Load the app (``--app`` or ``QUART_APP``); a misconfiguration of quartsess is a
+    message (exit status 1), not a traceback."""
+    try:
+        return info.load_app()
+    except ConfigurationError as error:
+        raise click.ClickException(f"quartsess is misconfigured: {error}") from None
 
 
 def load_parts(info: ScriptInfo) -> SessionParts:
     """Load the app and build quartsess's parts for it, as the app does (with a store of
     their own: the command runs on an event loop of its own); or a message (exit
     status 1) an operator can act on."""
-    try:
-        app = info.load_app()
-    except ConfigurationError as error:
-        raise click.ClickException(f"quartsess is misconfigured: {error}") from None
+    app = load_app(info)
     extension = app.extensions.get("quartsess")
     if extension is None:
         raise click.ClickException(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -41,6 +40,7 @@ OWN_KEYS = frozenset(
         "SESSION_PRUNE_INTERVAL",
         "SESSION_MAX_BYTES",
         "SESSION_CREATE_TABLE",
+        "SESSION_REQUIRE_TABLE",
         "SESSION_USER_KEY",
         "SESSION_MAX_PER_USER",
         "SESSION_ANONYMOUS_IDLE_TIMEOUT",
@@ -77,8 +77,10 @@ _ASYNC_URL = (
     "postgresql+asyncpg://...); quartsess makes its own engine (SESSION_ENGINE_OPTIONS)"
 )
 _NO_PINNING = (
-    "sessions are not pinned to the client's IP address; call session.regenerate() on "
-    "login and consider SESSION_ABSOLUTE_TIMEOUT"
+    "sessions are not pinned to the client's IP address; store the user at "
+    "SESSION_USER_KEY (a change of user renews the ID: a login needs no "
+    "session.regenerate()), call session.regenerate() on other privilege changes, and "
+    "consider SESSION_ABSOLUTE_TIMEOUT"
 )
 # Settings of Flask-Session and Quart-Session -> what to do instead with quartsess.
 FOREIGN_KEYS: Mapping[str, str] = {
@@ -148,6 +150,7 @@ class SessionConfig:
     prune_interval: float = DEFAULT_PRUNE_INTERVAL
     max_bytes: int = DEFAULT_MAX_BYTES
     create_table: bool = True
+    require_table: bool = False
     user_key: str | None = DEFAULT_USER_KEY
     max_per_user: int | None = None
     anonymous_idle_timeout: int | None = None
@@ -162,6 +165,7 @@ class SessionConfig:
             f"idle_timeout={self.idle_timeout}, absolute_timeout={self.absolute_timeout}, "
             f"touch_interval={self.touch_interval}, prune_interval={self.prune_interval}, "
             f"max_bytes={self.max_bytes}, create_table={self.create_table}, "
+            f"require_table={self.require_table}, "
             f"user_key={self.user_key!r}, max_per_user={self.max_per_user}, "
             f"anonymous_idle_timeout={self.anonymous_idle_timeout}, "
             f"record_client={self.record_client}, "
@@ -228,6 +232,9 @@ class SessionConfig:
         create = config.get("SESSION_CREATE_TABLE", True)
         if not isinstance(create, bool):
             raise ConfigurationError("SESSION_CREATE_TABLE", "must be True or False")
+        require = config.get("SESSION_REQUIRE_TABLE", False)
+        if not isinstance(require, bool):
+            raise ConfigurationError("SESSION_REQUIRE_TABLE", "must be True or False")
         user_key = config.get("SESSION_USER_KEY", DEFAULT_USER_KEY)
         if user_key is not None and (not isinstance(user_key, str) or not user_key):
             raise ConfigurationError(
@@ -273,6 +280,7 @@ class SessionConfig:
             prune_interval=float(prune),
             max_bytes=int(max_bytes),
             create_table=create,
+            require_table=require,
             user_key=user_key,
             max_per_user=max_per_user,
             anonymous_idle_timeout=anonymous,
@@ -282,18 +290,63 @@ class SessionConfig:
         )
 
 
+#: Most edits (a letter added, dropped, replaced, or two swapped) that make a typo.
+TYPO_DISTANCE = 2
+
+
 def misspelled_keys(config: Iterable[str]) -> list[tuple[str, str]]:
-    """``(unknown, suggestion)`` for keys that look like typos of quartsess's settings or of
-    Quart's session-related ones (``PERMANENT_SESSION_LIFETIM``)."""
-    known = KNOWN_KEYS | QUART_SESSION_KEYS
+    """``(unknown, suggestion)`` for upper-case keys that look like typos of quartsess's
+    settings or of Quart's session-related ones, whether or not they contain ``SESSION``
+    (``SESION_TABLE``, ``SECERT_KEY``, ``PERMANENT_SESSION_LIFETIM``).
+
+    A typo is at most :data:`TYPO_DISTANCE` edits away (a letter added, dropped,
+    replaced, or two neighbours swapped): a name that only shares words with ours
+    (``JWT_SECRET_KEY``, ``REMEMBER_COOKIE_SECURE``) is another setting, not a typo.
+    Quart's and Flask's own settings are never reported."""
+    known = sorted(KNOWN_KEYS | QUART_SESSION_KEYS)
     found = []
     for key in config:
-        if key in known or key in FOREIGN_KEYS or not ("SESSION" in key or "SECRET" in key):
+        if not isinstance(key, str) or not key.isupper():
             continue
-        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+        if key in KNOWN_KEYS or key in QUART_SESSION_KEYS or key in FOREIGN_KEYS:
+            continue
+        if key in _framework_keys():
+            continue
+        close = [
+            (distance, name)
+            for name in known
+            if (distance := _edit_distance(key, name, TYPO_DISTANCE)) <= TYPO_DISTANCE
+        ]
         if close:
-            found.append((key, close[0]))
+            found.append((key, min(close)[1]))
     return found
+
+
+def _framework_keys() -> frozenset[str]:
+    """Quart's default settings (most of them Flask's too): never a typo of ours."""
+    from quart import Quart
+
+    return frozenset(Quart.default_config)
+
+
+def _edit_distance(a: str, b: str, bound: int) -> int:
+    """The optimal string alignment distance of ``a`` and ``b`` (insertions, deletions,
+    substitutions, swaps of neighbours), or ``bound + 1`` once it must exceed ``bound``."""
+    if abs(len(a) - len(b)) > bound:
+        return bound + 1
+    before: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], before[j - 2] + 1)
+        if min(current) > bound:
+            return bound + 1
+        before, previous = previous, current
+    return previous[-1]
 
 
 def foreign_keys(config: Iterable[str]) -> list[tuple[str, str]]:
@@ -335,6 +388,13 @@ def _encryption_keys(config: Mapping[str, Any]) -> list[bytes]:
                     "bytes); create one with `quart sessions gen-key`",
                 ) from None
         return fernet_keys(configured)
+    return derived_keys(config)
+
+
+def derived_keys(config: Mapping[str, Any]) -> list[bytes]:
+    """The Fernet keys derived from ``SECRET_KEY`` and then each of
+    ``SECRET_KEY_FALLBACKS``: what encrypts and opens sessions while
+    ``SESSION_ENCRYPTION_KEYS`` is unset (``quart sessions derived-key`` prints them)."""
     secret = config.get("SECRET_KEY")
     if not secret:
         raise ConfigurationError(
@@ -388,7 +448,7 @@ def _database_url(config: Mapping[str, Any], instance_path: str) -> URL:
     except (ArgumentError, ValueError):
         raise ConfigurationError(
             "SESSION_DB_URL",
-            "is not a database URL; expected e.g. sqlite+aiosqlite:///path/sessions.db or "
+            "is not a database URL; expected e.g. sqlite:///path/sessions.db or "
             "postgresql+asyncpg://user@host/db",
         ) from None
     return url

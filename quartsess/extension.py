@@ -106,6 +106,12 @@ class Session:
             try:
                 await parts.store.prepare(create_table=config.create_table)
             except TableMissing as error:
+                if config.require_table:
+                    # A failed rollout rather than a degraded one: the app does not start.
+                    logger.error("refusing to start (SESSION_REQUIRE_TABLE): %s", error)
+                    parts.store.keep_connections(False)
+                    await parts.store.close()
+                    raise
                 logger.error("%s; until then requests that use the session get 503", error)
             except StoreError as error:
                 # Serve anyway: pages that need no session keep working, the others get

@@ -394,15 +394,17 @@ class ServerSessionInterface(SessionInterface):
 
 
 def _vary_on_cookie(response: AnyResponse) -> None:
-    # A header line of its own (lists may span lines), unless one already names Cookie:
-    # no parsing and re-writing of what the app set.
-    named = (
-        token.strip().lower()
-        for value in response.headers.getlist("Vary")
-        for token in value.split(",")
-    )
-    if not any(token in ("cookie", "*") for token in named):
-        response.headers.add("Vary", "Cookie")
+    """Name ``Cookie`` in ``Vary`` as Quart and Flask do: on the app's own ``Vary`` line,
+    one line in all (caches and proxies exist that read only the first)."""
+    lines = response.headers.getlist("Vary")
+    if not lines:
+        # The common case: nothing to merge with, no parsing.
+        response.headers["Vary"] = "Cookie"
+        return
+    fields = [field.strip() for line in lines for field in line.split(",") if field.strip()]
+    if any(field.lower() in ("cookie", "*") for field in fields):
+        return  # named already (or everything varies): the app's lines stay as they are
+    response.headers["Vary"] = ", ".join([*fields, "Cookie"])
 
 
 def _forbid_shared_caching(response: AnyResponse) -> None:

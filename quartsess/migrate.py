@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import click
 from quart.cli import ScriptInfo, pass_script_info
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from .cli_app import load_parts
@@ -182,7 +182,7 @@ def _run(info: ScriptInfo, work: Callable[[Config], None]) -> SessionConfig:
         options = {**settings.engine_options, "connect_args": connect_args}
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        engine = create_async_engine(settings.db_url, **options)
+        engine = create_async_engine(migration_url(settings.db_url), **options)
         try:
             async with engine.connect() as connection:
 
@@ -205,6 +205,16 @@ def _run(info: ScriptInfo, work: Callable[[Config], None]) -> SessionConfig:
         reason = f"{type(error).__name__}: {error}".splitlines()[0]
         raise click.ClickException(f"the session database {url} failed: {reason}") from None
     return settings
+
+
+def migration_url(url: URL) -> URL:
+    """The URL Alembic's async engine migrates through: the app's own, except that a
+    synchronous SQLite URL (``sqlite://``, ``sqlite+pysqlite://``), which the app serves
+    with the standard library's ``sqlite3``, goes through aiosqlite (a dependency of
+    quartsess) to the same file."""
+    if url.get_backend_name() == "sqlite" and url.get_driver_name() != "aiosqlite":
+        return url.set(drivername="sqlite+aiosqlite")
+    return url
 
 
 def _settings(info: ScriptInfo) -> SessionConfig:

@@ -106,7 +106,10 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
     def regenerate(self) -> None:
         """Move the data to a new ID when the response is saved, deleting the old row.
 
-        Call it on login (and any privilege change) to defeat session fixation."""
+        A login needs no call when the user is stored at ``SESSION_USER_KEY``: a change of
+        the user there renews the ID by itself. Call it on other privilege changes (and on
+        login if the app keeps the user where ``SESSION_USER_KEY`` does not point), to
+        defeat session fixation."""
         self._on_read()
         self._state.regenerate_requested = True
         self.modified = True

@@ -7,11 +7,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import flask
 import pytest
 from quart import Quart
 
 from quartsess import ConfigurationError, Session, SessionConfig, generate_key
-from quartsess.config import FOREIGN_KEYS
+from quartsess.config import FOREIGN_KEYS, misspelled_keys
 
 SQLITE = "sqlite+aiosqlite:///{}"
 
@@ -53,6 +54,7 @@ def build(tmp_path: Path, **config: Any) -> Quart:
         ({"SESSION_TABLE": "séssions"}, "SESSION_TABLE", "ASCII"),
         ({"SESSION_TABLE": "s" * 49}, "SESSION_TABLE", "48"),
         ({"SESSION_DB_URL": "postgresql+psycopg://u@h/db"}, "SESSION_DB_URL", "asyncpg"),
+        ({"SESSION_DB_URL": "sqlite+pysqlcipher:///s.db"}, "SESSION_DB_URL", "sqlite:///path"),
         (
             {
                 "SESSION_DB_URL": "postgresql+asyncpg://u@h/db",
@@ -218,6 +220,66 @@ def test_other_settings_of_the_app_are_not_reported(
 ) -> None:
     other = {"SQLALCHEMY_DATABASE_URI": "x", "MAX_CONTENT_LENGTH": 1, "MY_API_SECRET": "x"}
     assert warnings_for(tmp_path, caplog, **other) == []
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("SESION_TABLE", "SESSION_TABLE"),
+        ("SESSOIN_DB_URL", "SESSION_DB_URL"),
+        ("SECERT_KEY", "SECRET_KEY"),
+        ("PERMANENT_SESION_LIFETIME", "PERMANENT_SESSION_LIFETIME"),
+        ("SESION_COOKIE_SECURE", "SESSION_COOKIE_SECURE"),
+        ("SESSION_ENCRYPTION_KEY", "SESSION_ENCRYPTION_KEYS"),
+        ("SESSION_DB_URI", "SESSION_DB_URL"),
+    ],
+)
+def test_typos_are_reported_whether_or_not_they_contain_session(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, typo: str, meant: str
+) -> None:
+    messages = warnings_for(tmp_path, caplog, **{typo: 1})
+    assert messages == [f"{typo} is not a setting quartsess or Quart knows; did you mean {meant}?"]
+
+
+#: Settings apps commonly hold beside quartsess's: Quart's and Flask's own, and those of
+#: well-known extensions, some of them close to ours (JWT_SECRET_KEY, REMEMBER_COOKIE_*).
+COMMON_SETTINGS = [
+    *Quart.default_config,
+    *flask.Flask.default_config,
+    *("SQLALCHEMY_DATABASE_URI", "SQLALCHEMY_ENGINE_OPTIONS", "SQLALCHEMY_ECHO"),
+    *("SQLALCHEMY_BINDS", "SQLALCHEMY_TRACK_MODIFICATIONS", "SQLALCHEMY_RECORD_QUERIES"),
+    *("REMEMBER_COOKIE_NAME", "REMEMBER_COOKIE_DURATION", "REMEMBER_COOKIE_DOMAIN"),
+    *("REMEMBER_COOKIE_PATH", "REMEMBER_COOKIE_SECURE", "REMEMBER_COOKIE_HTTPONLY"),
+    *("REMEMBER_COOKIE_SAMESITE", "REMEMBER_COOKIE_REFRESH_EACH_REQUEST"),
+    *("USE_SESSION_FOR_NEXT", "WTF_CSRF_ENABLED", "WTF_CSRF_SECRET_KEY"),
+    *("WTF_CSRF_TIME_LIMIT", "WTF_CSRF_SSL_STRICT", "WTF_CSRF_FIELD_NAME"),
+    *("QUART_AUTH_COOKIE_NAME", "QUART_AUTH_COOKIE_SECURE", "QUART_AUTH_COOKIE_SAMESITE"),
+    *("QUART_AUTH_COOKIE_DOMAIN", "QUART_AUTH_COOKIE_PATH", "QUART_AUTH_DURATION"),
+    *("QUART_AUTH_SALT", "QUART_SCHEMA_CONVERT_CASING", "QUART_DB_DATABASE_URL"),
+    *("JWT_SECRET_KEY", "JWT_COOKIE_SECURE", "JWT_SESSION_COOKIE", "JWT_TOKEN_LOCATION"),
+    *("MAIL_SERVER", "MAIL_PORT", "MAIL_USE_TLS", "MAIL_USERNAME", "MAIL_PASSWORD"),
+    *("CACHE_TYPE", "CACHE_DEFAULT_TIMEOUT", "CACHE_REDIS_URL", "CACHE_KEY_PREFIX"),
+    *("BABEL_DEFAULT_LOCALE", "RATELIMIT_STORAGE_URI", "SECURITY_PASSWORD_SALT"),
+    *("CELERY_BROKER_URL", "DATABASE_URL", "REDIS_URL", "SENTRY_DSN", "UPLOAD_FOLDER"),
+    *("MY_SECRET_KEY", "APP_SECRET_KEY", "SECRET_KEY_FILE", "API_KEY", "ADMIN_EMAIL"),
+    # The sample app's own settings.
+    *("CSRF_COOKIE_NAME", "LOGIN_LIMIT_PER_ACCOUNT", "LOGIN_LIMIT_PER_CLIENT"),
+    "LOGIN_THROTTLE_DB",
+]
+
+
+def test_common_quart_flask_and_extension_settings_are_no_false_alarms(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    others = {key: None for key in COMMON_SETTINGS if key not in Quart.default_config}
+    assert warnings_for(tmp_path, caplog, **others) == []
+    assert misspelled_keys(COMMON_SETTINGS) == []
+
+
+def test_only_upper_case_keys_are_compared(tmp_path: Path) -> None:
+    assert misspelled_keys(["sesion_table", "Sesion_Table", "SESION_TABLE"]) == [
+        ("SESION_TABLE", "SESSION_TABLE")
+    ]
 
 
 async def test_insecure_cookie_settings_are_warned_about_outside_debug(

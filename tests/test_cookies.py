@@ -175,3 +175,41 @@ def test_a_response_setting_the_cookie_varies_on_it_and_is_private_whatever_it_h
     assert tokens.count("cookie") <= 1
     [line] = response.headers.getlist("Cache-Control")
     assert {directive.strip() for directive in line.split(",")} == directives
+
+
+@pytest.mark.parametrize(
+    ("app_vary", "expected"),
+    [
+        ((), ["Cookie"]),
+        (("Accept-Encoding", "Accept-Language"), ["Accept-Encoding, Accept-Language, Cookie"]),
+        (("Accept-Encoding", "Cookie"), ["Accept-Encoding, Cookie"]),
+    ],
+)
+async def test_vary_names_cookie_on_the_apps_own_vary_line_as_quart_does(
+    make_app: AppFactory, app_vary: tuple[str, ...], expected: list[str]
+) -> None:
+    """Flask's test_session_vary_cookie: a view that sets its own ``Vary`` and uses the
+    session gets one header line naming both (caches that read only the first line see
+    Cookie too); a response with no ``Vary`` gets ``Cookie`` alone."""
+    app = make_app()
+
+    @app.get("/vary")
+    async def vary() -> Response:
+        session["visits"] = session.get("visits", 0) + 1
+        response = Response("ok")
+        response.vary.update(app_vary)
+        return response
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        for _ in range(2):  # a new session (cookie set), then a returning one (only read)
+            response = await client.get("/vary")
+            assert response.headers.getlist("Vary") == expected
+
+
+def test_several_vary_lines_of_the_app_become_one_naming_cookie() -> None:
+    response = Response("hi")
+    response.headers.add("Vary", "Accept-Encoding")
+    response.headers.add("Vary", "Origin, ")
+    _vary_on_cookie(response)
+    assert response.headers.getlist("Vary") == ["Accept-Encoding, Origin, Cookie"]

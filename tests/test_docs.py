@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 BUILD_TIMEOUT = 300
 PAGES = [
-    "quickstart", "configuration", "session", "extension", "testing", "deployment",
+    "quickstart", "configuration", "session", "users", "extension", "testing", "deployment",
     "security", "migrating", "performance", "reliability", "api", "changelog",
 ]  # fmt: skip
 
@@ -311,3 +312,130 @@ async def test_chromium_shows_the_built_index(site: Site, chromium: Any) -> None
         assert errors == []
     finally:
         await context.close()
+
+
+def _prose(markdown: str) -> str:
+    """The text of a page without its fenced blocks, one paragraph per line."""
+    text = re.sub(r"^( *)```.*?^\1```", "", markdown, flags=re.S | re.M)
+    return re.sub(r"[ \t]+", " ", re.sub(r"(?<!\n)\n(?!\n)", " ", text))
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?:;])\s+(?=[A-Z`*{(\"])", text) if s.strip()]
+
+
+def test_user_sessions_have_a_page_that_covers_them() -> None:
+    """Binding, listing, revoking, the cap, the anonymous timeout, the CLI, and the sample
+    app's "Your sessions" page as the example; the quick start and the session page lead
+    to it."""
+    page = (DOCS / "users.md").read_text()
+    for topic in (
+        "SESSION_USER_KEY", "user_sessions", "revoke_session", "revoke_user_sessions",
+        "keep_current=True", "SESSION_MAX_PER_USER", "SESSION_ANONYMOUS_IDLE_TIMEOUT",
+        "SESSION_RECORD_CLIENT", "SessionInfo", "sessions list --user", "sessions revoke --user",
+        "sessions revoke --handle", "```{literalinclude} ../app/devices.py",
+    ):  # fmt: skip
+        assert topic in page, topic
+    for name in re.findall(r":pyobject: (\w+)", page):
+        assert f"async def {name}(" in (ROOT / "app" / "devices.py").read_text(), name
+    for other in ("quickstart.md", "session.md"):
+        assert "{doc}`users`" in (DOCS / other).read_text(), other
+
+
+def _command_names(group: Any, prefix: str = "") -> set[str]:
+    names = set()
+    for name, command in group.commands.items():
+        names.add(f"{prefix}{name}")
+        if hasattr(command, "commands"):
+            names |= _command_names(command, f"{prefix}{name} ")
+    return names
+
+
+def _documented_commands(markdown: str) -> set[str]:
+    """What the first cell of each row of the "Command line" table names, as
+    ``"revoke"`` or ``"migrate upgrade"``."""
+    rows = _table(markdown, "Command line")
+    named = set()
+    for row in rows:
+        found = re.match(r"`quart sessions ([a-z-]+(?: [a-z]+)?)", row[0])
+        assert found, row[0]
+        words = found.group(1).split()
+        named |= {words[0], " ".join(words)}
+    return named
+
+
+def test_the_cli_tables_list_every_command() -> None:
+    from quartsess.cli import sessions_cli
+
+    commands = _command_names(sessions_cli)
+    assert {"list", "revoke", "derived-key", "migrate upgrade"} <= commands
+    assert commands <= _documented_commands((DOCS / "extension.md").read_text())
+    top_level = {name for name in commands if " " not in name}
+    assert top_level <= _documented_commands((ROOT / "README.md").read_text())
+
+
+def _doc_texts() -> dict[str, str]:
+    pages = {f"docs/{page.name}": page.read_text() for page in sorted(DOCS.glob("*.md"))}
+    return {"README.md": (ROOT / "README.md").read_text(), **pages}
+
+
+def test_keep_current_is_never_log_out_everywhere() -> None:
+    """``revoke_user_sessions(user, keep_current=True)`` keeps this device: "log out all
+    other devices"; "log out everywhere" is without it."""
+    checked = 0
+    for name, text in _doc_texts().items():
+        prose = _prose(text)
+        for found in re.finditer(r"keep_current=True", prose):
+            said = re.split(r";|\.\s", prose[found.end() :], maxsplit=1)[0]
+            assert "everywhere" not in said, (name, said)
+            checked += 1
+    assert checked >= 3
+
+
+def test_the_quart_version_the_docs_name_is_the_one_required() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    [quart] = [d for d in project["dependencies"] if re.match(r"quart\b", d)]
+    required = re.search(r">=\s*([\d.]+)", quart)
+    assert required
+    page = (DOCS / "quickstart.md").read_text()
+    named = re.search(r"Python ([\d.]+) or newer and Quart ([\d.]+) or newer", page)
+    assert named, "quickstart names the Python and Quart versions"
+    assert named.group(2) == required.group(1)
+    assert project["requires-python"] == f">={named.group(1)}"
+
+
+LOGIN = re.compile(r"\blog(?:ging)?[ -]?ins?\b|\blogins?\b", re.I)
+
+
+def _code_texts() -> dict[str, str]:
+    """Docstrings and messages of the library, as prose."""
+    texts = {}
+    for path in sorted((ROOT / "quartsess").rglob("*.py")):
+        strings = [
+            node.value
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        ]
+        texts[str(path.relative_to(ROOT))] = "\n\n".join(strings)
+    return texts
+
+
+def test_one_rule_about_regenerate_on_login_everywhere() -> None:
+    """A login needs no ``regenerate()`` when the user is stored at ``SESSION_USER_KEY``
+    (a change of user renews the ID). No page, docstring or message tells to call it on
+    login without that condition, and the pages that teach logins state the rule."""
+    for name, text in {**_doc_texts(), **_code_texts()}.items():
+        for sentence in _sentences(_prose(text)):
+            tells = re.search(r"\bcall\b", sentence, re.I) and "regenerate" in sentence
+            if tells and LOGIN.search(sentence):
+                assert "SESSION_USER_KEY" in sentence, (name, sentence)
+    for name in ("README.md", "docs/quickstart.md", "docs/session.md", "docs/users.md",
+                 "docs/security.md"):  # fmt: skip
+        rule = [
+            sentence
+            for sentence in _sentences(_prose(_doc_texts()[name]))
+            if "needs no `session.regenerate()` when the user is stored at `SESSION_USER_KEY`"
+            in sentence
+            and LOGIN.search(sentence)
+        ]
+        assert rule, name

@@ -122,7 +122,7 @@ async def test_migrate_upgrade_current_check_downgrade_stamp_from_the_wheel(
 
     assert "Running downgrade 0001 -> " in await yourapp.succeeds("downgrade", "base")
     assert await describe(engine, table_name) == {"exists": False}
-    assert await current_revision(engine, table_name) == []
+    assert await describe(engine, f"{table_name}_alembic_version") == {"exists": False}
 
     # Stamped at head without the table: check sees the table missing.
     assert f"{table_name}: at revision 0003 (head)" in await yourapp.succeeds("stamp", "head")
@@ -181,6 +181,30 @@ async def test_from_the_source_checkout_it_runs_the_repositorys_alembic_folder(
         assert (await test_app.test_client().get("/visits")).status_code == 200
         assert len(await stored_rows(app)) == 1
     assert (ROOT / "alembic" / "versions" / "0001_create_sessions_table.py").is_file()
+
+
+async def test_downgrade_base_leaves_nothing_behind(
+    make_app: AppFactory, table_name: str, engine: AsyncEngine
+) -> None:
+    """``migrate downgrade base`` drops the table and its ``<table>_alembic_version``
+    too: the database is as it was before the first ``migrate``; upgrading again works."""
+    app = make_app(SESSION_CREATE_TABLE=False, SESSION_PRUNE_INTERVAL=0)
+    version_table = f"{table_name}_alembic_version"
+    assert (await invoke(app)).exit_code == 0
+    assert (await describe(engine, version_table))["exists"]
+    result = await invoke(app, "downgrade", "base")
+    assert result.exit_code == 0, result.output
+    assert f"{table_name}: no revision recorded" in result.output
+    assert await describe(engine, table_name) == {"exists": False}
+    assert await describe(engine, version_table) == {"exists": False}
+    again = await invoke(app, "upgrade")
+    assert again.exit_code == 0, again.output
+    assert await current_revision(engine, table_name) == ["0003"]
+    result = await invoke(app, "downgrade", "0001")  # not base: the record stays
+    assert result.exit_code == 0, result.output
+    assert await current_revision(engine, table_name) == ["0001"]
+    assert (await invoke(app, "downgrade", "base")).exit_code == 0
+    assert await describe(engine, version_table) == {"exists": False}
 
 
 async def test_an_app_without_quartsess_gets_a_clean_message() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import pytest
 from click.testing import Result
 from quart import Quart, Response, jsonify, session
 from quart.cli import ScriptInfo
@@ -365,6 +366,27 @@ async def test_binding_off_binds_nothing(make_app: AppFactory) -> None:
         assert first and await app.extensions["quartsess"].user_sessions("bob") == []
         [row] = await stored_rows(app)
         assert row.user_hash is None and row.handle
+
+
+async def test_a_session_that_serves_no_app_says_so(make_app: AppFactory) -> None:
+    """``Session()`` never given an app: every call that needs one says there is none
+    (not "pass the app: this Session serves several apps"), and so does an app that
+    this Session was not given, while one it serves is found without being named."""
+    lonely = Session()
+    for call in (
+        lonely.user_sessions("42"),
+        lonely.revoke_session("h"),
+        lonely.revoke_user_sessions("42"),
+        lonely.prune(),
+    ):
+        with pytest.raises(RuntimeError, match="this Session serves no app yet"):
+            await call
+    with pytest.raises(RuntimeError, match="serves no app yet"):
+        lonely.parts_for()
+    with pytest.raises(RuntimeError, match="init_app"):
+        lonely.parts_for(Quart(__name__))
+    app = make_app()
+    assert app.extensions["quartsess"].parts_for() is app.extensions["quartsess"].parts_for(app)
 
 
 def test_session_info_is_frozen() -> None:

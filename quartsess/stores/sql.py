@@ -133,7 +133,7 @@ class SqlStore:
     def _choose_runner(
         self, url: URL, options: Mapping[str, Any], asyncpg: bool, budget: int
     ) -> StatementRunner:
-        if url.get_backend_name() == "sqlite" and url.get_driver_name() == "aiosqlite":
+        if url.get_backend_name() == "sqlite":  # sqlite3 itself, whatever driver is named
             database = url.database or ""
             if database and database != ":memory:" and not database.startswith("file:"):
                 return SqliteRunner(database, SQLITE_BUSY_TIMEOUT_MS)

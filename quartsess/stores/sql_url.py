@@ -11,13 +11,19 @@ from sqlalchemy.engine import URL
 
 from ..errors import ConfigurationError
 
-# backend -> (async drivers SQLAlchemy supports for it, how to install the first)
+# backend -> (drivers quartsess serves it with, how to install the first). SQLite is served
+# by the standard library's sqlite3 whatever the URL names, so its synchronous URLs
+# (sqlite://, sqlite+pysqlite://) are as good as sqlite+aiosqlite://; elsewhere the
+# per-request statements need the async driver.
 _DRIVERS_BY_BACKEND = {
-    "sqlite": (("aiosqlite",), "pip install quartsess"),
+    "sqlite": (("aiosqlite", "pysqlite"), "pip install quartsess"),
     "postgresql": (("asyncpg",), "pip install 'quartsess[postgresql]'"),
     "mysql": (("asyncmy", "aiomysql"), "pip install 'quartsess[mysql]'"),
     "mariadb": (("asyncmy", "aiomysql"), "pip install 'quartsess[mysql]'"),
 }
+
+# The driver SQLAlchemy picks for a URL that names none, where quartsess serves it.
+_DEFAULT_DRIVERS = {"sqlite": "pysqlite"}
 
 
 def unsupported_url_problem(url: URL) -> str | None:
@@ -27,8 +33,14 @@ def unsupported_url_problem(url: URL) -> str | None:
     if backend not in _DRIVERS_BY_BACKEND:
         return f"database {backend!r} is not supported; use sqlite, postgresql, mysql or mariadb"
     drivers, install = _DRIVERS_BY_BACKEND[backend]
-    if url.drivername.partition("+")[2] in drivers:
+    driver = url.drivername.partition("+")[2] or _DEFAULT_DRIVERS.get(backend)
+    if driver in drivers:
         return None
+    if backend == "sqlite":
+        return (
+            f"the driver {driver!r} is not supported: SQLite is served by the standard "
+            "library's sqlite3; write sqlite:///path (or sqlite+aiosqlite:///path)"
+        )
     return (
         f"{backend} needs an async driver: write {backend}+{drivers[0]}://... "
         f"(install it with: {install})"
