@@ -60,9 +60,10 @@ def filesystem_with_inode_flags(tmp_path: Path) -> Iterator[Path]:
         skip_or_fail("chattr is not installed")
     probe = tmp_path / "probe"
     probe.touch()
-    if run("chattr", "+i", probe).returncode == 0:
-        run("chattr", "-i", probe)
-        probe.unlink()
+    has_flags = run("chattr", "+i", probe).returncode == 0
+    run("chattr", "-i", probe)
+    probe.unlink()
+    if has_flags:
         yield tmp_path
         return
     image, mount_point = tmp_path / "ext4.img", tmp_path / "ext4"
