@@ -59,6 +59,9 @@ class StoreError(QuartSessError, ServiceUnavailable):
     a generic message, never the diagnostic, which ``str(error)`` gives for the log."""
 
     description = "The session store is temporarily unavailable. Please try again in a moment."
+    #: True when the cause was logged where it was found (once for a lasting fault):
+    #: whoever catches it need not log it again.
+    logged = False
 
     def __init__(self, message: str | None = None) -> None:
         ServiceUnavailable.__init__(self, retry_after=RETRY_AFTER_SECONDS)

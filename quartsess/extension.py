@@ -304,7 +304,8 @@ async def _store_call(parts: SessionParts, what: str) -> AsyncIterator[None]:
         await parts.store.prepare(create_table=parts.config.create_table)
         yield
     except StoreError as error:
-        logger.error("session store failed while %s: %s", what, error)
+        level = logging.DEBUG if error.logged else logging.ERROR  # reported where found
+        logger.log(level, "session store failed while %s: %s", what, error)
         raise
 
 

@@ -114,7 +114,8 @@ class ServerSessionInterface(SessionInterface):
             opened = await self.saver.load(cookie, id_hash)
         except StoreError as error:
             what = "cannot be loaded" if isinstance(error, TableMissing) else "was not loaded"
-            logger.error("session %s %s: %s", log_id(id_hash), what, _failure(error))
+            level = logging.DEBUG if error.logged else logging.ERROR
+            logger.log(level, "session %s %s: %s", log_id(id_hash), what, _failure(error))
             return await self.make_null_session(app)
         if opened is None:
             return self.session_class(persist=self.persist, client=client, clock=self.clock)
@@ -432,6 +433,8 @@ def _replace_with_unavailable(response: AnyResponse) -> None:
 def _log_save_failure(error: BaseException) -> None:
     if isinstance(error, SaveConflict):
         logger.error("session save abandoned: %s", error)
+    elif isinstance(error, StoreError) and error.logged:
+        logger.debug("session not saved: %s", _failure(error))
     else:
         logger.error("session not saved: %s", _failure(error))
 

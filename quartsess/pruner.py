@@ -175,7 +175,8 @@ class Pruner:
                 run.exception()  # retrieved: the app is stopping, nothing to report
             raise
         except StoreError as error:
-            logger.error(
+            logger.log(
+                logging.DEBUG if error.logged else logging.ERROR,
                 "pruning expired sessions failed; retrying in about %.0f s: %s",
                 self.interval,
                 error,

@@ -28,7 +28,8 @@ from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import greenlet_spawn
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, SessionStoreUnavailable
+from .sqlite_files import OpenedFiles, SqliteFiles, safe_to_close
 from .sqlite_runner import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite, prepare_sqlite_file
 
 T = TypeVar("T")
@@ -90,7 +91,11 @@ def open_connections(url: URL, options: Mapping[str, Any]) -> Connections:
 
 class SqliteConnections:
     """One ``sqlite3`` connection per process (SQLite serializes writers anyway), in WAL
-    mode with a busy timeout, used on a worker thread of its own."""
+    mode with a busy timeout, used on a worker thread of its own.
+
+    On a database file, :attr:`files` is checked before each use, as the per-request
+    runner does (``quartsess.stores.sqlite_files``); the store hands the same object to
+    its runner."""
 
     def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
         connect_args = {"check_same_thread": False, **effective_connect_args(url, options)}
@@ -115,6 +120,12 @@ class SqliteConnections:
             and ("mode=memory" in database or database.split("?", 1)[0] == "file::memory:")
         )
         self._file_ready = False
+        #: The database file's guard; None for an in-memory database or a "file:" URI.
+        self.files: SqliteFiles | None = (
+            None if self._in_memory or self._is_uri else SqliteFiles(database)
+        )
+        self._opened: OpenedFiles | None = None  # the files the connection opened
+        self._dbapi: Any = None  # that connection's sqlite3.Connection
         # The connection is used by one thread at a time, whoever awaits: a caller
         # cancelled while its work runs must not let the next caller's work start on it.
         self._in_use = threading.Lock()
@@ -143,6 +154,12 @@ class SqliteConnections:
 
     def _run(self, work: Callable[[Connection], T]) -> T:
         with self._in_use:
+            files = self.files
+            if files is not None:
+                if self._opened is not None and not files.check(self._opened):
+                    self._dispose()  # its database is no longer at the path
+                if self._opened is None:
+                    files.may_open()
             if not self._file_ready and not self._in_memory:
                 # The file exactly as the engine opens it: a "file:" URI keeps its options
                 # (mode=memory, ...), which a bare "file:x" would turn into a file named x.
@@ -150,25 +167,38 @@ class SqliteConnections:
                 self._file_ready = True
             try:
                 with self._engine.connect() as connection:
+                    if files is not None and self._opened is None:
+                        self._dbapi = connection.connection.dbapi_connection
+                        self._opened = files.opened()
+                        if not files.check(self._opened):
+                            raise SessionStoreUnavailable(
+                                f"the SQLite database {self._database} changed"
+                            )
                     return work(connection)
             finally:
                 if not self.keep_open and not self._in_memory:
                     # An in-memory database lives in that connection: keep it.
-                    self._engine.dispose()
+                    self._dispose()
+
+    def _dispose(self) -> None:
+        """Close the connection (see ``safe_to_close``); called holding ``_in_use``."""
+        if self._dbapi is None or safe_to_close(self.files, self._opened, self._dbapi):
+            self._engine.dispose()
+            self._opened = self._dbapi = None
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
         # On a thread (the default one when this store's is gone): work of a cancelled
         # caller may still hold the connection, and the event loop never waits for it.
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._dispose)
+            await asyncio.get_running_loop().run_in_executor(executor, self._dispose_when_free)
         finally:
             if executor is not None:
                 executor.shutdown(wait=False)
 
-    def _dispose(self) -> None:
+    def _dispose_when_free(self) -> None:
         with self._in_use:
-            self._engine.dispose()
+            self._dispose()
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -45,6 +45,7 @@ from .base import StoredSession, StoreStats
 from .connections import (
     Connections,
     ServerConnections,
+    SqliteConnections,
     effective_connect_args,
     open_connections,
     postgresql_try_lock,
@@ -136,7 +137,9 @@ class SqlStore:
         if url.get_backend_name() == "sqlite":  # sqlite3 itself, whatever driver is named
             database = url.database or ""
             if database and database != ":memory:" and not database.startswith("file:"):
-                return SqliteRunner(database, SQLITE_BUSY_TIMEOUT_MS)
+                connections = self.connections
+                files = connections.files if isinstance(connections, SqliteConnections) else None
+                return SqliteRunner(database, SQLITE_BUSY_TIMEOUT_MS, files)
         if asyncpg:
             from .asyncpg_runner import AsyncpgRunner, asyncpg_connect_kwargs
 

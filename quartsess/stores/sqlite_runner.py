@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..errors import SessionStoreUnavailable
+from .sqlite_files import OpenedFiles, SqliteFiles, safe_to_close
 from .statements import CompiledStatement, Row
 
 logger = logging.getLogger("quartsess")
@@ -51,6 +52,11 @@ class SqliteRunner:
     against a few for the checkpoint). Other workers on the file restart the log the same
     way; one worker's writes during another's checkpoint only postpone the restart.
 
+    Before each statement, ``files`` (:class:`~quartsess.stores.sqlite_files.SqliteFiles`)
+    says whether the connections may be used: not while the ``-shm`` file is immutable
+    (touching it would be a SIGBUS), and never again once their database was deleted or
+    replaced (the path is then opened again, if there is something safe to open).
+
     Only the URL's file path is used: query options and ``connect_args`` of the URL or
     ``SESSION_ENGINE_OPTIONS`` apply to the SQLAlchemy engine (maintenance) alone."""
 
@@ -58,11 +64,15 @@ class SqliteRunner:
     #: default of 1,000 pages).
     CHECKPOINT_EVERY = 250
 
-    def __init__(self, database: str, busy_timeout_ms: int) -> None:
+    def __init__(
+        self, database: str, busy_timeout_ms: int, files: SqliteFiles | None = None
+    ) -> None:
         self._database = database
         self._busy_timeout_ms = busy_timeout_ms
+        self._files = files if files is not None else SqliteFiles(database)
         self._inline: sqlite3.Connection | None = None
         self._waiting: sqlite3.Connection | None = None
+        self._opened: OpenedFiles | None = None  # the files the connections opened
         self._thread: ThreadPoolExecutor | None = None
         self._opening: asyncio.Lock | None = None
         self._writes = 0  # inline writes since the last checkpoint was started
@@ -78,25 +88,39 @@ class SqliteRunner:
         self._in_flight = 0
 
     async def _connections(self) -> tuple[sqlite3.Connection, ThreadPoolExecutor]:
-        if self._inline is not None and self._thread is not None:
-            return self._inline, self._thread
+        """The open connections, once the files say they may be used (see the class
+        docstring); raises :class:`~quartsess.SessionStoreUnavailable` otherwise."""
+        for attempt in range(2):
+            inline, thread, opened = self._inline, self._thread, self._opened
+            if inline is None or thread is None or opened is None:
+                await self._open_connections()
+                inline, thread, opened = self._inline, self._thread, self._opened
+            if inline is not None and thread is not None and opened is not None:
+                if self._files.check(opened):
+                    return inline, thread
+                if attempt == 0:
+                    await self.close()  # their database is no longer at the path
+        raise SessionStoreUnavailable(f"the SQLite database {self._database} keeps changing")
+
+    async def _open_connections(self) -> None:
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
             if self._inline is None or self._thread is None:
+                self._files.may_open()
                 thread = ThreadPoolExecutor(1, thread_name_prefix="quartsess-sqlite")
                 loop = asyncio.get_running_loop()
                 try:
-                    inline, waiting = await loop.run_in_executor(thread, self._open_both)
+                    inline, waiting, opened = await loop.run_in_executor(thread, self._open_both)
                 except sqlite3.Error as error:
                     thread.shutdown(wait=False)
                     raise SessionStoreUnavailable(
                         f"cannot open the SQLite database: {error}"
                     ) from error
                 self._inline, self._waiting, self._thread = inline, waiting, thread
-        return self._inline, self._thread
+                self._opened = opened
 
-    def _open_both(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    def _open_both(self) -> tuple[sqlite3.Connection, sqlite3.Connection, OpenedFiles]:
         directory = os.path.dirname(os.path.abspath(self._database))
         os.makedirs(directory, exist_ok=True)
         create_private_file(self._database)
@@ -107,7 +131,7 @@ class SqliteRunner:
         except BaseException:
             waiting.close()
             raise
-        return inline, waiting
+        return inline, waiting, self._files.opened()
 
     def _open(self, busy_timeout_ms: int) -> sqlite3.Connection:
         connection = sqlite3.connect(
@@ -179,18 +203,25 @@ class SqliteRunner:
         self, thread: ThreadPoolExecutor, sql: str, arguments: tuple[Any, ...], fetch: bool
     ) -> tuple[Any, ...] | int | None:
         """Run the statement on the thread's connection, which waits for locks."""
-        waiting = self._waiting
-        if waiting is None:  # pragma: no cover - closed while in flight
+        waiting, opened = self._waiting, self._opened
+        if waiting is None or opened is None:  # pragma: no cover - closed while in flight
             raise SessionStoreUnavailable("the SQLite store is closed")
+
+        def checked() -> tuple[Any, ...] | int | None:
+            # Checked again on the thread, just before the statement touches the files.
+            if not self._files.check(opened):
+                raise SessionStoreUnavailable(f"the SQLite database {self._database} changed")
+            return _run_sqlite(waiting, sql, arguments, fetch)
+
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(thread, _run_sqlite, waiting, sql, arguments, fetch)
+            return await loop.run_in_executor(thread, checked)
         except sqlite3.Error as error:
             raise SessionStoreUnavailable(f"SQLite: {error}") from error
 
     def _start_checkpoint(self, thread: ThreadPoolExecutor) -> None:
-        waiting = self._waiting
-        if waiting is None:  # pragma: no cover - closed while in flight
+        waiting, opened = self._waiting, self._opened
+        if waiting is None or opened is None:  # pragma: no cover - closed while in flight
             return
         ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._checkpoint_lock:
@@ -205,7 +236,8 @@ class SqliteRunner:
 
         try:
             # A concurrent future: its callback runs on the thread even if the loop is gone.
-            thread.submit(_checkpoint, waiting).add_done_callback(on_thread_done)
+            checkpoint = thread.submit(_checkpoint_if_usable, self._files, opened, waiting)
+            checkpoint.add_done_callback(on_thread_done)
         except RuntimeError:  # pragma: no cover - the executor is shut down (at exit)
             with self._checkpoint_lock:
                 if self._checkpoint_ended is ended:
@@ -223,18 +255,18 @@ class SqliteRunner:
             self._checkpoint_ended = None
 
     async def close(self) -> None:
-        inline, waiting, thread = self._inline, self._waiting, self._thread
-        self._inline = self._waiting = self._thread = None
+        inline, waiting, thread, opened = self._inline, self._waiting, self._thread, self._opened
+        self._inline = self._waiting = self._thread = self._opened = None
         with self._checkpoint_lock:
             ended, self._checkpoint_ended = self._checkpoint_ended, None
             self._log_too_long = False
         if ended is not None:
             _resolve_from_anywhere(ended)  # writes waiting for it go on (and reopen)
         self._opening = None  # an asyncio.Lock binds to its loop; the next open may be on another
-        if inline is not None:
+        if inline is not None and safe_to_close(self._files, opened, inline):
             inline.close()
         if thread is not None:
-            if waiting is not None:
+            if waiting is not None and safe_to_close(self._files, opened, waiting):
                 await asyncio.get_running_loop().run_in_executor(thread, waiting.close)
             thread.shutdown(wait=False)
 
@@ -288,6 +320,19 @@ def _is_busy(error: sqlite3.Error) -> bool:
         sqlite3.SQLITE_BUSY,
         sqlite3.SQLITE_LOCKED,
     )
+
+
+def _checkpoint_if_usable(
+    files: SqliteFiles, opened: OpenedFiles, connection: sqlite3.Connection
+) -> int | None:
+    """:func:`_checkpoint` if the files say the connection may be used (see the class
+    docstring), else None, as for a checkpoint that could not run."""
+    try:
+        if not files.check(opened):
+            return None
+    except (SessionStoreUnavailable, OSError):
+        return None
+    return _checkpoint(connection)
 
 
 def _checkpoint(connection: sqlite3.Connection) -> int | None:
