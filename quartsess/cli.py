@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 from quart.cli import AppGroup, ScriptInfo, pass_script_info
 
-from .cli_app import load_parts
+from .cli_app import close_parts, load_parts
 from .errors import StoreError, TableMissing
 from .ids import log_id
 from .keys import generate_key
@@ -178,7 +178,7 @@ def _run(info: ScriptInfo, work: Callable[[SessionParts], Awaitable[T]]) -> T:
                 f"the session store ({store.describe()}) failed: {error}"
             ) from None
         finally:
-            await store.close()
+            await close_parts(parts)
 
     return asyncio.run(main())
 
