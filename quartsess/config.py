@@ -76,8 +76,9 @@ _SQL_STORE = (
     "sessions live in SQL: set SESSION_DB_URL (default: a SQLite file in the instance folder)"
 )
 _ASYNC_URL = (
-    "set SESSION_DB_URL to the database's URL with an async driver (e.g. "
-    "postgresql+asyncpg://...); quartsess makes its own engine (SESSION_ENGINE_OPTIONS)"
+    "pass the app's AsyncEngine as Session(app, engine=...), or set SESSION_DB_URL to the "
+    "database's URL with an async driver (e.g. postgresql+asyncpg://...) for an engine of "
+    "quartsess's own (SESSION_ENGINE_OPTIONS)"
 )
 _NO_PINNING = (
     "sessions are not pinned to the client's IP address; call session.regenerate() on "

@@ -153,7 +153,7 @@ class SqlStore:
     def from_engine(cls, engine: AsyncEngine, table_name: str) -> SqlStore:
         """The store on an app's own ``AsyncEngine``: per-request statements and
         maintenance on connections of its pool (autocommit set per connection, the
-        engine's own settings untouched), never disposed; :meth:`close` leaves it open.
+        engine's own settings untouched), never disposed: ``close()`` leaves it open.
         Raises :class:`~quartsess.ConfigurationError` for an engine it cannot use."""
         check_engine(engine)
         return cls(engine.url, table_name, engine=engine)
