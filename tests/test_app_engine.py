@@ -25,7 +25,7 @@ from click.testing import Result
 from quart import Quart
 from sqlalchemy import create_engine, event, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from quartsess import ConfigurationError, Session, StoreError
 from quartsess.stores.connections import ServerConnections
@@ -301,16 +301,19 @@ def test_a_store_outside_sql_refuses_an_engine(sqlite_engine: AsyncEngine) -> No
 )
 async def test_a_pool_too_small_for_requests_beside_the_pruner_is_refused(url: str) -> None:
     small = create_async_engine(url, pool_size=1, max_overflow=1)
+    single = create_async_engine(url, poolclass=StaticPool)
     enough = create_async_engine(url, pool_size=3, max_overflow=0)
     unbounded = create_async_engine(url, poolclass=NullPool)
     try:
         with pytest.raises(ConfigurationError, match="at most 2 connections") as raised:
             Session(bare_app(), engine=small)
         assert raised.value.setting == "engine"
+        with pytest.raises(ConfigurationError, match="at most 1 connection "):
+            Session(bare_app(), engine=single)
         Session(bare_app(), engine=enough)
         Session(bare_app(), engine=unbounded)
     finally:
-        for engine in (small, enough, unbounded):
+        for engine in (small, single, enough, unbounded):
             await engine.dispose()
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
-from sqlalchemy.pool import Pool, QueuePool
+from sqlalchemy.pool import AssertionPool, Pool, QueuePool, SingletonThreadPool, StaticPool
 
 from ..errors import ConfigurationError
 
@@ -97,9 +97,11 @@ def check_sql_settings(url: URL, options: Mapping[str, Any]) -> None:
 
 
 def pool_budget(pool: Pool) -> int | None:
-    """The connections ``pool`` holds at most (``pool_size + max_overflow``), or ``None``
-    when it sets no limit (``NullPool``, ``max_overflow=-1``) or keeps just one for the
-    engine's life (``StaticPool``)."""
+    """The connections ``pool`` holds at most: ``pool_size + max_overflow``, 1 for the
+    pools of one connection (``StaticPool`` and the like), ``None`` when it sets no
+    limit (``NullPool``, ``max_overflow=-1``, a pool class of the app's own)."""
+    if isinstance(pool, StaticPool | SingletonThreadPool | AssertionPool):
+        return 1
     if not isinstance(pool, QueuePool):
         return None
     overflow = int(getattr(pool, "_max_overflow", 0))
@@ -114,11 +116,11 @@ def check_engine(engine: AsyncEngine) -> None:
     if problem is not None:
         raise ConfigurationError("engine", problem)
     budget = pool_budget(engine.sync_engine.pool)
-    if engine.url.get_backend_name() != "sqlite" and budget is not None:
-        if budget < _MIN_BUDGET:
-            raise ConfigurationError(
-                "engine",
-                f"its pool holds at most {budget} connections (pool_size + max_overflow); "
-                f"the sessions' pruner holds {MAINTENANCE_CONNECTIONS} at times and "
-                f"requests need one more: give it at least {_MIN_BUDGET}",
-            )
+    if engine.url.get_backend_name() != "sqlite" and budget is not None and budget < _MIN_BUDGET:
+        raise ConfigurationError(
+            "engine",
+            f"its pool holds at most {budget} connection{'s' if budget != 1 else ''} "
+            "(pool_size + max_overflow); "
+            f"the sessions' pruner holds {MAINTENANCE_CONNECTIONS} at times and "
+            f"requests need one more: give it at least {_MIN_BUDGET}",
+        )
