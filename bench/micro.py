@@ -1,8 +1,11 @@
 """The session layer alone: open + save through the session interface, no HTTP.
 
     .venv/bin/python -m bench.micro [--backends sqlite postgresql mariadb] [--quick]
+                                    [--no-app-engine]
 
-For each backend (and Quart's own cookie interface for reference), per pattern:
+For each backend (and Quart's own cookie interface for reference), and again for each
+on the app's own engine (``Session(app, engine=create_async_engine(url))``: every
+statement through SQLAlchemy and that engine's pool), per pattern:
 returning read-only (open, read a key, save: no write), read-modify-write (open, bump a
 counter, save: one UPDATE) and new visitor (no cookie, store three keys: one INSERT).
 Sequential, one request at a time, on one event loop: microseconds per request, the
@@ -28,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from quart import Quart, Response
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from quartsess import Session
 from quartsess.ids import hash_session_id
@@ -62,15 +65,36 @@ async def timed(op: Op, n: int, batches: int) -> float:
     return statistics.median(results)
 
 
-def make_app(backend: str, workdir: Path) -> Quart:
+def make_app(backend: str, workdir: Path, app_engine: AsyncEngine | None = None) -> Quart:
     app = Quart(__name__)
     app.secret_key = "micro-benchmark-secret-key-0123456789abcdef"  # noqa: S105
     if backend == "cookie":
         return app
-    url = URLS.get(backend) or f"sqlite+aiosqlite:///{workdir / 'micro.sqlite3'}"
-    app.config.update(SESSION_DB_URL=url, SESSION_TABLE=TABLE, SESSION_PRUNE_INTERVAL=0)
-    Session(app)
+    app.config.update(SESSION_TABLE=TABLE, SESSION_PRUNE_INTERVAL=0)
+    if app_engine is None:
+        app.config["SESSION_DB_URL"] = url_of(backend, workdir)
+    Session(app, engine=app_engine)
     return app
+
+
+def url_of(backend: str, workdir: Path) -> str:
+    return URLS.get(backend) or f"sqlite+aiosqlite:///{workdir / 'micro.sqlite3'}"
+
+
+def make_app_engine(backend: str, workdir: Path) -> AsyncEngine:
+    """An app's engine as the deployment docs suggest: SQLAlchemy's defaults, and on
+    SQLite the file in WAL mode with ``synchronous = NORMAL`` (as quartsess's own)."""
+    engine = create_async_engine(url_of(backend, workdir))
+    if backend == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def wal(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.close()
+
+    return engine
 
 
 async def drop_table(backend: str) -> None:
@@ -84,9 +108,20 @@ async def drop_table(backend: str) -> None:
         await engine.dispose()
 
 
-async def bench_backend(backend: str, n: int, batches: int, workdir: Path) -> dict[str, float]:
+async def bench_backend(
+    backend: str, n: int, batches: int, workdir: Path, *, app_engine: bool = False
+) -> dict[str, float]:
     await drop_table(backend)
-    app = make_app(backend, workdir)
+    engine = make_app_engine(backend, workdir) if app_engine else None
+    try:
+        return await bench_app(make_app(backend, workdir, engine), n, batches)
+    finally:
+        if engine is not None:
+            await engine.dispose()
+        await drop_table(backend)
+
+
+async def bench_app(app: Quart, n: int, batches: int) -> dict[str, float]:
     interface = app.session_interface
     results: dict[str, float] = {}
     async with app.app_context():
@@ -155,7 +190,6 @@ async def bench_backend(backend: str, n: int, batches: int, workdir: Path) -> di
         finally:
             for func in app.after_serving_funcs:
                 await func()
-    await drop_table(backend)
     return results
 
 
@@ -309,16 +343,22 @@ async def main_async(args: argparse.Namespace) -> None:
     n, batches = (300, 3) if args.quick else (2000, 5)
     with tempfile.TemporaryDirectory(prefix="quartsess-micro-") as tmp:
         workdir = Path(tmp)
-        for backend in ["cookie", *args.backends]:
+        targets = [("cookie", False)]
+        for backend in args.backends:
+            targets += (
+                [(backend, False), (backend, True)] if args.app_engine else [(backend, False)]
+            )
+        for backend, app_engine in targets:
+            label = f"{backend}, app's engine" if app_engine else backend
             try:
-                results = await bench_backend(backend, n, batches, workdir)
-                if backend != "cookie" and args.paths:
+                results = await bench_backend(backend, n, batches, workdir, app_engine=app_engine)
+                if backend != "cookie" and args.paths and not app_engine:
                     paths = await execution_paths(backend, n, batches, workdir)
                     results.update({f"path: {k}": v for k, v in paths.items()})
             except OSError as error:
-                print(f"\n{backend}: skipped ({error})")
+                print(f"\n{label}: skipped ({error})")
                 continue
-            print(f"\n{backend} (us per call, median of {batches} batches of {n})")
+            print(f"\n{label} (us per call, median of {batches} batches of {n})")
             for name, value in results.items():
                 print(f"  {name:<52} {value:9.1f}")
 
@@ -335,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--no-paths", dest="paths", action="store_false", help="skip the execution-path table"
+    )
+    parser.add_argument(
+        "--no-app-engine",
+        dest="app_engine",
+        action="store_false",
+        help="skip the runs on the app's own engine (Session(app, engine=...))",
     )
     asyncio.run(main_async(parser.parse_args(argv)))
     return 0

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 from quart.cli import AppGroup, ScriptInfo, pass_script_info
 
-from .cli_app import load_app, load_parts
+from .cli_app import close_parts, load_app, load_parts
 from .config import derived_keys
 from .errors import ConfigurationError, StoreError, TableMissing
 from .ids import log_id
@@ -226,7 +226,7 @@ def _run(info: ScriptInfo, work: Callable[[SessionParts], Awaitable[T]]) -> T:
                 f"the session store ({store.describe()}) failed: {error}"
             ) from None
         finally:
-            await store.close()
+            await close_parts(parts)
 
     return asyncio.run(main())
 

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import URL, make_url
@@ -16,6 +16,9 @@ from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigurationError
 from .keys import derive_fernet_key, fernet_keys
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 DEFAULT_TABLE = "quart_sessions"
 DEFAULT_PRUNE_INTERVAL = 300.0
@@ -73,8 +76,9 @@ _SQL_STORE = (
     "sessions live in SQL: set SESSION_DB_URL (default: a SQLite file in the instance folder)"
 )
 _ASYNC_URL = (
-    "set SESSION_DB_URL to the database's URL with an async driver (e.g. "
-    "postgresql+asyncpg://...); quartsess makes its own engine (SESSION_ENGINE_OPTIONS)"
+    "pass the app's AsyncEngine as Session(app, engine=...), or set SESSION_DB_URL to the "
+    "database's URL with an async driver (e.g. postgresql+asyncpg://...) for an engine of "
+    "quartsess's own (SESSION_ENGINE_OPTIONS)"
 )
 _NO_PINNING = (
     "sessions are not pinned to the client's IP address; store the user at "
@@ -157,10 +161,15 @@ class SessionConfig:
     record_client: bool = True
     websocket_check_interval: float | None = DEFAULT_WEBSOCKET_CHECK_INTERVAL
     exclusive_timeout: float = DEFAULT_EXCLUSIVE_TIMEOUT
+    #: The app's own engine (``Session(app, engine=...)``), whose pool the sessions use;
+    #: ``db_url`` is then its URL. ``None``: the store makes its own from ``db_url``.
+    engine: AsyncEngine | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
+        engine = "the app's" if self.engine is not None else None
         return (
             f"SessionConfig(db_url={self.db_url.render_as_string(hide_password=True)!r}, "
+            f"engine={engine}, "
             f"table={self.table!r}, keys={len(self.encryption_keys)} (hidden), "
             f"idle_timeout={self.idle_timeout}, absolute_timeout={self.absolute_timeout}, "
             f"touch_interval={self.touch_interval}, prune_interval={self.prune_interval}, "
@@ -178,8 +187,16 @@ class SessionConfig:
         return self.db_url.get_backend_name()
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any], *, instance_path: str) -> SessionConfig:
-        """Read and validate settings from an ``app.config``-like mapping."""
+    def from_mapping(
+        cls,
+        config: Mapping[str, Any],
+        *,
+        instance_path: str,
+        engine: AsyncEngine | None = None,
+    ) -> SessionConfig:
+        """Read and validate settings from an ``app.config``-like mapping; with ``engine``
+        (the app's own ``AsyncEngine``), ``SESSION_DB_URL`` may only name its database
+        and ``SESSION_ENGINE_OPTIONS`` must be empty."""
         keys = _encryption_keys(config)
         idle = _seconds(
             config,
@@ -229,6 +246,8 @@ class SessionConfig:
                 "SESSION_ENGINE_OPTIONS", "must be a dict of keyword arguments"
             )
         db_url = _database_url(config, instance_path)
+        if engine is not None:
+            db_url = _engine_url(config, engine, options)
         create = config.get("SESSION_CREATE_TABLE", True)
         if not isinstance(create, bool):
             raise ConfigurationError("SESSION_CREATE_TABLE", "must be True or False")
@@ -287,6 +306,7 @@ class SessionConfig:
             record_client=record_client,
             websocket_check_interval=None if websocket_check is None else float(websocket_check),
             exclusive_timeout=exclusive_timeout,
+            engine=engine,
         )
 
 
@@ -451,4 +471,38 @@ def _database_url(config: Mapping[str, Any], instance_path: str) -> URL:
             "is not a database URL; expected e.g. sqlite:///path/sessions.db or "
             "postgresql+asyncpg://user@host/db",
         ) from None
+    return url
+
+
+def _engine_url(config: Mapping[str, Any], engine: object, options: Mapping[str, Any]) -> URL:
+    """The URL of the app's ``engine``, after checking that it is an ``AsyncEngine`` and
+    that no setting says otherwise."""
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine  # already loaded if the app made one
+
+    if isinstance(engine, Engine):
+        raise ConfigurationError(
+            "engine", "is a synchronous Engine; pass an AsyncEngine (create_async_engine)"
+        )
+    if not isinstance(engine, AsyncEngine):
+        raise ConfigurationError(
+            "engine", f"must be a SQLAlchemy AsyncEngine, not {type(engine).__name__}"
+        )
+    url: URL = engine.url
+    if options:
+        raise ConfigurationError(
+            "SESSION_ENGINE_OPTIONS",
+            "must be empty when the sessions use the app's engine (Session(app, "
+            "engine=...)): its pool, time-outs and driver arguments are the engine's; "
+            "set them where the engine is created",
+        )
+    named = _database_url(config, "") if config.get("SESSION_DB_URL") else url
+    if named != url:
+        shown = named.render_as_string(hide_password=True)
+        raise ConfigurationError(
+            "SESSION_DB_URL",
+            f"names {shown}, but the sessions use the app's engine on "
+            f"{url.render_as_string(hide_password=True)}; remove SESSION_DB_URL (or "
+            "make it the engine's URL)",
+        )
     return url

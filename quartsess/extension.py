@@ -14,7 +14,7 @@ from weakref import WeakKeyDictionary
 from .cli import sessions_cli
 from .codec import PayloadCodec
 from .config import SessionConfig, setting_warnings
-from .errors import RecentAuthenticationRequired, StoreError, TableMissing
+from .errors import ConfigurationError, RecentAuthenticationRequired, StoreError, TableMissing
 from .expiry import ExpiryPolicy
 from .holds import SessionHolds
 from .interface import ServerSessionInterface
@@ -31,6 +31,7 @@ from .users import SessionInfo, UserSessions
 
 if TYPE_CHECKING:
     from quart import Quart
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
     from .clock import Clock
 
@@ -61,8 +62,11 @@ class SessionParts:
 class Session:
     """Server-side sessions for a Quart app: ``Session(app)`` or ``Session().init_app(app)``.
 
-    ``clock`` returns the current time in epoch seconds; tests inject one to move time
-    without sleeping. After ``init_app``, ``app.extensions["quartsess"]`` is this object.
+    ``engine``: the app's own SQLAlchemy ``AsyncEngine``, whose pool then keeps the
+    sessions too (see :meth:`init_app`); given here, it serves every app this object is
+    initialised for without one of its own. ``clock`` returns the current time in
+    epoch seconds; tests inject one to move time without sleeping. After ``init_app``,
+    ``app.extensions["quartsess"]`` is this object.
     """
 
     # The parts this builds for each app; a subclass swaps one by naming another class.
@@ -79,18 +83,34 @@ class Session:
     #: ``__init__`` to store types of your own.
     serializer_class: type[SessionSerializer] = SessionSerializer
 
-    def __init__(self, app: Quart | None = None, *, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        app: Quart | None = None,
+        *,
+        engine: AsyncEngine | None = None,
+        clock: Clock = time.time,
+    ) -> None:
         self._clock = clock
+        self._engine = engine
         self._parts: WeakKeyDictionary[Quart, SessionParts] = WeakKeyDictionary()
         self._stale_authentication: Callable[[], Awaitable[Any]] | None = None
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Quart) -> None:
+    def init_app(self, app: Quart, *, engine: AsyncEngine | None = None) -> None:
         """Validate the app's settings and install the session interface.
 
-        Raises :class:`~quartsess.ConfigurationError` naming the setting to fix."""
-        config = SessionConfig.from_mapping(app.config, instance_path=app.instance_path)
+        With ``engine`` (the app's own ``AsyncEngine``, on SQLite, PostgreSQL or
+        MariaDB/MySQL), the sessions use its pool for everything instead of making an
+        engine of their own: ``SESSION_DB_URL`` may then only repeat its URL and
+        ``SESSION_ENGINE_OPTIONS`` must be empty. quartsess never disposes it, not even
+        when the app shuts down. Raises :class:`~quartsess.ConfigurationError` naming
+        the setting to fix."""
+        config = SessionConfig.from_mapping(
+            app.config,
+            instance_path=app.instance_path,
+            engine=engine if engine is not None else self._engine,
+        )
         for warning in setting_warnings(app.config):
             logger.warning("%s", warning)
         parts = self.compose(config, app)
@@ -179,6 +199,12 @@ class Session:
 
     def make_store(self, config: SessionConfig) -> MaintainedStore:
         """The store for an app's settings (``store_class.from_config``)."""
+        if config.engine is not None and not issubclass(self.store_class, SqlStore):
+            raise ConfigurationError(
+                "engine",
+                f"{self.store_class.__name__} does not keep sessions in SQL, so it cannot "
+                "use the app's engine; pass engine= only with the SQL store",
+            )
         return self.store_class.from_config(config)
 
     def parts_for(self, app: Quart | None = None) -> SessionParts:

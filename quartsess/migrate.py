@@ -1,6 +1,7 @@
 """``quart sessions migrate``: the Alembic revisions shipped in the wheel, run through
-Alembic's API on the app's own database (``SESSION_DB_URL``, ``SESSION_ENGINE_OPTIONS``)
-and table (``SESSION_TABLE``).
+Alembic's API on the app's own database (``SESSION_DB_URL``, ``SESSION_ENGINE_OPTIONS``,
+or a twin of the engine passed to ``Session(app, engine=...)``) and table
+(``SESSION_TABLE``).
 
 The revisions are the repository's ``alembic/`` folder (``env.py``, ``versions/``), which
 the wheel ships as ``quartsess/_migrations``; a source checkout uses the folder itself.
@@ -176,13 +177,15 @@ def _run(info: ScriptInfo, work: Callable[[Config], None]) -> SessionConfig:
     url = settings.db_url.render_as_string(hide_password=True)
 
     async def main() -> None:
-        # The store's connect arguments (short time-outs, statements that work through a
-        # transaction-pooling PgBouncer), then the app's engine options.
-        connect_args = effective_connect_args(settings.db_url, settings.engine_options)
-        options = {**settings.engine_options, "connect_args": connect_args}
-        from sqlalchemy.ext.asyncio import create_async_engine
+        engine = settings.engine  # the command's twin of the app's engine (cli_app)
+        if engine is None:
+            # The store's connect arguments (short time-outs, statements that work
+            # through a transaction-pooling PgBouncer), then the app's engine options.
+            connect_args = effective_connect_args(settings.db_url, settings.engine_options)
+            options = {**settings.engine_options, "connect_args": connect_args}
+            from sqlalchemy.ext.asyncio import create_async_engine
 
-        engine = create_async_engine(migration_url(settings.db_url), **options)
+            engine = create_async_engine(migration_url(settings.db_url), **options)
         try:
             async with engine.connect() as connection:
 

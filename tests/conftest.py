@@ -6,7 +6,9 @@ QUARTSESS_TEST_POSTGRES_URL / QUARTSESS_TEST_MARIADB_URL (defaults: the loopback
 of the project's machines). A server that does not answer skips its tests with a reason,
 except when CI=true, where it fails them. With QUARTSESS_TEST_PGBOUNCER=1 the PostgreSQL
 tests go through a PgBouncer in transaction pooling mode that the run starts in front of
-that server (``tests/pgbouncer.py``).
+that server (``tests/pgbouncer.py``). With QUARTSESS_TEST_APP_ENGINE=1, apps made by
+``make_app`` keep their sessions on an engine of their own (``Session(app, engine=...)``)
+unless a test sets the database or engine options itself.
 
 Server tables get names from ``tests.tables.unique_table``; at the end of the run, a table
 of this run still on a server fails the run (see ``pytest_sessionfinish``).
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,11 @@ from typing import Any
 import pytest
 from quart import Quart
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from quartsess import Session
 from tests import tables
+from tests.support import helper_engine
 
 SERVER_URLS = {
     "postgresql": os.environ.get(
@@ -39,6 +42,7 @@ SERVER_URLS = {
 }
 BACKENDS = ["sqlite", *SERVER_URLS]
 THROUGH_PGBOUNCER = os.environ.get("QUARTSESS_TEST_PGBOUNCER", "") == "1"
+ON_APP_ENGINE = os.environ.get("QUARTSESS_TEST_APP_ENGINE", "") == "1"
 _run_resources = ExitStack()
 
 
@@ -135,8 +139,9 @@ AppFactory = Callable[..., Quart]
 
 
 @pytest.fixture
-def make_app(db_url: str, table_name: str, clock: FakeClock) -> Iterator[AppFactory]:
+async def make_app(db_url: str, table_name: str, clock: FakeClock) -> AsyncIterator[AppFactory]:
     """Build a fresh app with quartsess on the test database: ``make_app(**config)``."""
+    engines: list[AsyncEngine] = []
 
     def factory(*, session_clock: Callable[[], float] | None = None, **config: Any) -> Quart:
         app = Quart(__name__)
@@ -147,10 +152,18 @@ def make_app(db_url: str, table_name: str, clock: FakeClock) -> Iterator[AppFact
             TESTING=True,
         )
         app.config.update(config)
-        Session(app, clock=session_clock or clock)
+        engine = None
+        if ON_APP_ENGINE and not {"SESSION_DB_URL", "SESSION_ENGINE_OPTIONS"} & set(config):
+            engine = helper_engine(db_url)
+            engines.append(engine)
+        Session(app, clock=session_clock or clock, engine=engine)
         return app
 
-    yield factory
+    try:
+        yield factory
+    finally:
+        for engine in engines:
+            await engine.dispose()
 
 
 def _left_behind() -> tuple[list[str], list[str]]:

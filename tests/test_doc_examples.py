@@ -498,6 +498,53 @@ async def step_up_flow(code: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert (await client.post("/account/delete")).status_code == 200
 
 
+async def app_engine(code: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Session(app, engine=...)`` as written, its URL pointed at the test PostgreSQL:
+    the sessions run on that engine's pool, and the app's own engine stays usable."""
+    import sqlalchemy.ext.asyncio as asyncio_ext
+
+    from tests.conftest import require_server
+    from tests.tables import drop_tables_of, unique_table
+
+    server = make_url(await require_server("postgresql"))
+    real = asyncio_ext.create_async_engine
+
+    def on_the_test_server(url: str, **options: Any) -> Any:
+        return real(server, **options)
+
+    monkeypatch.setattr(asyncio_ext, "create_async_engine", on_the_test_server)
+    table = unique_table("qs_docs")
+    app = Quart(__name__)
+    app.config.update(SECRET_KEY=SECRET, SESSION_TABLE=table, SESSION_PRUNE_INTERVAL=0)
+    namespace = run_block(code, {"app": app, "Session": Session})
+    add_probe_routes(app)
+    try:
+        async with app.test_app() as test_app:
+            client = test_app.test_client()
+            await client.post("/probe/visit")
+            assert app.extensions["quartsess"].config.engine is namespace["engine"]
+    finally:
+        await namespace["engine"].dispose()
+        await drop_tables_of(server.render_as_string(False), table)
+
+
+async def sqlite_engine_listener(
+    code: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connect listener for an app's own SQLite engine sets what it says."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.sqlite3'}")
+    run_block(code, {"engine": engine})
+    try:
+        async with engine.connect() as connection:
+            mode = (await connection.exec_driver_sql("PRAGMA journal_mode")).scalar()
+            timeout = (await connection.exec_driver_sql("PRAGMA busy_timeout")).scalar()
+        assert (mode, timeout) == ("wal", 10000)
+    finally:
+        await engine.dispose()
+
+
 async def close_code_script(code: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The page's script tells a logout by the close code quartsess sends, as the sample
     app's does."""
@@ -532,14 +579,17 @@ BLOCKS: dict[tuple[str, int], tuple[str, Check]] = {
     ("README.md", 1): ("hypercorn", the_two_commands),
     ("README.md", 2): ("pytest", the_two_commands),
     ("README.md", 3): ("MemorySession", TESTING_EXAMPLES),
-    ("README.md", 4): ("sessions migrate check", migrate_lines),
-    ("README.md", 5): ("quartsess.metadata", own_alembic),
-    ("README.md", 6): ("bench.run", bench_commands),
+    ("README.md", 4): ("engine=engine", app_engine),
+    ("README.md", 5): ("sessions migrate check", migrate_lines),
+    ("README.md", 6): ("quartsess.metadata", own_alembic),
+    ("README.md", 7): ("bench.run", bench_commands),
     ("docs/changelog.md", 0): ("", directive),
     ("docs/deployment.md", 0): ("workers", hypercorn_toml),
     ("docs/deployment.md", 1): ("pool_size", server_settings),
     ("docs/deployment.md", 2): ("/var/run/postgresql", server_settings),
     ("docs/deployment.md", 3): ("statement_cache_size", server_settings),
+    ("docs/deployment.md", 4): ("engine.dispose()", app_engine),
+    ("docs/deployment.md", 5): ("busy_timeout", sqlite_engine_listener),
     ("docs/extension.md", 0): ("create_app", app_factory),
     ("docs/extension.md", 1): ("PerTenantCookies", cookie_helper),
     ("docs/extension.md", 2): ("quartsess.metadata", own_alembic),

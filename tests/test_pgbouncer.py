@@ -221,3 +221,46 @@ async def test_direct_connections_may_opt_into_asyncpg_named_statements(
             assert (await response.get_json())["visits"] == expected
         assert (await client.post("/clear")).status_code == 200
         assert await (await client.get("/get")).get_json() == {}
+
+
+async def test_the_apps_own_engine_through_pgbouncer(
+    bouncer: PgBouncer, server_url: str, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``Session(app, engine=...)`` on an app's engine made for a pooler in transaction
+    mode (unnamed statements, as its own queries need there): table creation, session
+    traffic of a dozen clients, and pruning with its advisory lock, without an error."""
+    engine = create_async_engine(
+        bouncer.url_for(server_url),
+        connect_args={"statement_cache_size": 0, "prepared_statement_cache_size": 0},
+    )
+    app = Quart(__name__)
+    app.config.update(
+        SECRET_KEY=SECRET, SESSION_TABLE=table, SESSION_PRUNE_INTERVAL=0, TESTING=True
+    )
+    clock = FakeClock()
+    Session(app, engine=engine, clock=clock)
+    add_routes(app)
+    try:
+        async with app.test_app() as test_app:
+            clients = [test_app.test_client() for _ in range(12)]
+
+            async def count_visits(client: Any) -> list[int]:
+                seen = []
+                for _ in range(10):
+                    response = await client.get("/visits")
+                    assert response.status_code == 200, await response.get_data(as_text=True)
+                    seen.append((await response.get_json())["visits"])
+                return seen
+
+            counts = await asyncio.gather(*(count_visits(client) for client in clients))
+            assert counts == [list(range(1, 11))] * 12
+            clock.advance(60 * 60 * 24 * 40)  # every session past its idle deadline
+            extension: Session = app.extensions["quartsess"]
+            assert sum(await asyncio.gather(extension.prune(), extension.prune())) == 12
+        key = hash_lock_key(f"{LOCK_NAME}:{table}")
+        assert not await advisory_lock_held(server_url, key)
+        async with engine.connect() as connection:  # still the app's, and working
+            assert (await connection.execute(text("SELECT 1"))).scalar() == 1
+    finally:
+        await engine.dispose()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

@@ -1,5 +1,6 @@
 """The store contract (quartsess.stores.base), checked on every store: the in-memory
-reference and the SQL store on SQLite, PostgreSQL and MariaDB."""
+reference and the SQL store on SQLite, PostgreSQL and MariaDB, on its own connections and
+on an app's own engine (``SqlStore.from_engine``)."""
 
 from __future__ import annotations
 
@@ -18,24 +19,30 @@ from sqlalchemy.engine import make_url
 from quartsess.stores.base import MaintainedStore, StoredSession
 from quartsess.stores.memory import MemoryStore
 from quartsess.stores.sql import SqlStore
+from tests.support import helper_engine
 
 PACKAGE = Path(__file__).resolve().parent.parent / "quartsess"
 
 
-@pytest.fixture(params=["memory", "sql"])
+@pytest.fixture(params=["memory", "sql", "sql-app-engine"])
 async def store(
     request: pytest.FixtureRequest, db_url: str, table_name: str
 ) -> AsyncIterator[MaintainedStore]:
     made: MaintainedStore
+    app_engine = helper_engine(db_url) if request.param == "sql-app-engine" else None
     if request.param == "memory":
         made = MemoryStore(table_name)
+    elif app_engine is not None:
+        made = SqlStore.from_engine(app_engine, table_name)
     else:
         made = SqlStore(make_url(db_url), table_name, {})
-    await made.prepare(create_table=True)
     try:
+        await made.prepare(create_table=True)
         yield made
     finally:
         await made.close()
+        if app_engine is not None:
+            await app_engine.dispose()
 
 
 def row(id_hash: str, *, version: int = 1, expires_at: int = 100) -> StoredSession:

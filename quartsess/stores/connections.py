@@ -10,7 +10,9 @@ implementation of every maintenance statement serves both kinds of database:
   module import leaves behind (see docs/performance.md).
 - PostgreSQL, MariaDB/MySQL: a SQLAlchemy engine on the URL's asyncio driver, the work
   run in SQLAlchemy's greenlet bridge (``greenlet_spawn``, what ``AsyncConnection.run_sync``
-  does inside), again without the asyncio extension's import of the ORM."""
+  does inside), again without the asyncio extension's import of the ORM.
+- An app's own engine (``Session(app, engine=...)``), whatever its database: the same
+  bridge on connections of the app's pool (:meth:`ServerConnections.sharing`)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import create_engine as create_sync_engine
@@ -76,6 +78,9 @@ class Connections(Protocol):
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """Call ``work(connection)`` and give the connection back."""
+
+    async def run_statement(self, work: Callable[[Connection], T]) -> T:
+        """:meth:`run` for ``work`` that runs one statement: committed when it returns."""
 
     async def close(self) -> None:
         """Close the connections (new ones are opened if used again)."""
@@ -152,6 +157,8 @@ class SqliteConnections:
                 self._executor = None
                 executor.shutdown(wait=False)
 
+    run_statement = run  # every statement autocommits
+
     def _run(self, work: Callable[[Connection], T]) -> T:
         with self._in_use:
             files = self.files
@@ -206,7 +213,8 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 class ServerConnections:
-    """Pooled connections on an asyncio driver (PostgreSQL, MariaDB/MySQL).
+    """Pooled connections on an asyncio driver (PostgreSQL, MariaDB/MySQL; with an app's
+    own engine, SQLite's aiosqlite too).
 
     The engine is SQLAlchemy's ordinary one: with an asyncio driver it pools with
     ``AsyncAdaptedQueuePool`` and each call that does I/O must run inside
@@ -234,17 +242,41 @@ class ServerConnections:
                 )
 
             def creator() -> Any:
-                dbapi: Any = self._engine.dialect.dbapi
+                dbapi: Any = engine.dialect.dbapi
                 return dbapi.connect(async_creator_fn=async_creator)
 
             kwargs["creator"] = creator
-        self._engine = create_sync_engine(url, **kwargs)
-        if not self._engine.dialect.is_async:
+        engine = create_sync_engine(url, **kwargs)
+        if not engine.dialect.is_async:
             raise ConfigurationError(
                 "SESSION_DB_URL", f"{url.drivername!r} is not an asyncio driver"
             )
-        self.url = url
-        self.dialect = self._engine.dialect
+        self._use(engine, engine, owned=True)
+
+    @classmethod
+    def sharing(cls, engine: Engine) -> ServerConnections:
+        """Connections of ``engine``'s pool (an app's own engine, the ``sync_engine`` of
+        its ``AsyncEngine``), which stays the app's: never disposed, its settings
+        unchanged for the app's other users.
+
+        Work runs on autocommit connections (an isolation level set per connection
+        while it is checked out, through an engine that shares ``engine``'s pool).
+        PostgreSQL's asyncpg switches autocommit on the client; MariaDB/MySQL and
+        SQLite set it, and reset it, on the server or the driver's thread each time,
+        so there :meth:`run_statement` runs its statement in a transaction of its own
+        instead: one ``COMMIT`` where autocommit would take three more round trips."""
+        connections = cls.__new__(cls)
+        autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        client_side = engine.dialect.name == "postgresql"
+        connections._use(autocommit, autocommit if client_side else engine, owned=False)
+        return connections
+
+    def _use(self, engine: Engine, statement_engine: Engine, *, owned: bool) -> None:
+        self._engine = engine
+        self._statement_engine = statement_engine
+        self._owned = owned
+        self.url = engine.url
+        self.dialect = engine.dialect
         self.keep_open = True
         self._in_use = 0
 
@@ -252,21 +284,35 @@ class ServerConnections:
     def sync_engine(self) -> Engine:
         return self._engine
 
+    @property
+    def owned(self) -> bool:
+        """Whether the engine is this object's own (False: an app's, never disposed)."""
+        return self._owned
+
     async def run(self, work: Callable[[Connection], T]) -> T:
         async with self.pooled() as connection:
             return await greenlet_spawn(work, connection)
+
+    async def run_statement(self, work: Callable[[Connection], T]) -> T:
+        if self._statement_engine is self._engine:
+            return await self.run(work)
+        async with self._pooled(self._statement_engine) as connection:
+            return await greenlet_spawn(_in_transaction, work, connection)
 
     @staticmethod
     async def call(function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` where it may use a connection of :meth:`pooled`."""
         return await greenlet_spawn(function, *args)
 
-    @asynccontextmanager
-    async def pooled(self) -> AsyncIterator[Connection]:
+    def pooled(self) -> AbstractAsyncContextManager[Connection]:
         """A connection of the pool for a block; use it only through :meth:`call`."""
+        return self._pooled(self._engine)
+
+    @asynccontextmanager
+    async def _pooled(self, engine: Engine) -> AsyncIterator[Connection]:
         self._in_use += 1
         try:
-            connection = await greenlet_spawn(self._engine.connect)
+            connection = await greenlet_spawn(engine.connect)
             try:
                 yield connection
             finally:
@@ -275,11 +321,33 @@ class ServerConnections:
                 await _to_completion(greenlet_spawn(connection.close))
         finally:
             self._in_use -= 1
-            if not self.keep_open and not self._in_use:
+            if self._owned and not self.keep_open and not self._in_use:
                 await _to_completion(greenlet_spawn(self._engine.dispose))
 
     async def close(self) -> None:
-        await greenlet_spawn(self._engine.dispose)
+        if self._owned:
+            await greenlet_spawn(self._engine.dispose)
+
+
+def _in_transaction(work: Callable[[Connection], T], connection: Connection) -> T:
+    with connection.begin():
+        return work(connection)
+
+
+def twin_engine(engine: Engine) -> Engine:
+    """A new engine made like ``engine`` (its URL, dialect, driver arguments, execution
+    options, and its pool's class, settings and listeners) with an empty pool of its
+    own: for work on another event loop than the app's (a ``quart sessions`` command),
+    disposed afterwards without touching ``engine`` or its connections."""
+    return Engine(
+        engine.pool.recreate(),
+        engine.dialect,
+        engine.url,
+        logging_name=engine.logging_name,
+        echo=engine.echo,
+        execution_options=engine.get_execution_options(),
+        hide_parameters=engine.hide_parameters,
+    )
 
 
 async def _to_completion(cleanup: Coroutine[Any, Any, T]) -> T:

@@ -51,7 +51,12 @@ from .connections import (
     postgresql_try_lock,
     run_locked_postgresql,
 )
-from .sql_url import MAINTENANCE_CONNECTIONS, check_sql_settings, postgresql_budget
+from .sql_url import (
+    MAINTENANCE_CONNECTIONS,
+    check_engine,
+    check_sql_settings,
+    postgresql_budget,
+)
 from .sqlalchemy_runner import (
     MYSQL_DEADLOCK,
     MYSQL_LOCK_WAIT_TIMEOUT,
@@ -62,6 +67,8 @@ from .sqlite_runner import SQLITE_BUSY_TIMEOUT_MS, SqliteRunner
 from .statements import CompiledStatement, Row, StatementRunner
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from ..config import SessionConfig
 
 T = TypeVar("T")
@@ -97,16 +104,32 @@ class SqlStore:
     run through ``sqlite3`` on the event loop (waiting on a thread only when another
     process holds the lock), on PostgreSQL through an asyncpg pool, elsewhere through
     SQLAlchemy. On PostgreSQL the worker's connections stay within
-    ``pool_size + max_overflow``: two for maintenance, the rest for requests."""
+    ``pool_size + max_overflow``: two for maintenance, the rest for requests.
 
-    def __init__(self, url: URL, table_name: str, options: Mapping[str, Any] | None = None):
+    With ``engine`` (an app's own ``AsyncEngine``; ``url`` and ``options`` are then its
+    URL and nothing), every statement goes through that engine's pool, within the
+    budget the app gave it, and the store never disposes it (see :meth:`from_engine`)."""
+
+    def __init__(
+        self,
+        url: URL,
+        table_name: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        engine: AsyncEngine | None = None,
+    ):
         options = dict(options or {})
         engine_options = dict(options)
         budget = postgresql_budget(options)
         asyncpg = url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg"
-        if asyncpg:
-            engine_options.update(pool_size=1, max_overflow=MAINTENANCE_CONNECTIONS - 1)
-        self.connections: Connections = open_connections(url, engine_options)
+        if engine is not None:
+            if options or url != engine.url:
+                raise ValueError("with an engine, the store takes its URL and no options")
+            self.connections: Connections = ServerConnections.sharing(engine.sync_engine)
+        else:
+            if asyncpg:
+                engine_options.update(pool_size=1, max_overflow=MAINTENANCE_CONNECTIONS - 1)
+            self.connections = open_connections(url, engine_options)
         self.dialect: Dialect = self.connections.dialect
         self.table: Table = build_table(MetaData(), table_name, dialect=self.dialect.name)
         self._ready = False
@@ -116,7 +139,11 @@ class SqlStore:
         #: (``"load"``, ``"insert"``, ``"update"``, ``"touch"``, ``"delete"``, ``"load_many"``,
         #: ``"delete_version"``): for metrics, tracing, or tests that count round trips.
         self.statement_listeners: list[Callable[[str], None]] = []
-        self._runner: StatementRunner = self._choose_runner(url, options, asyncpg, budget)
+        self._runner: StatementRunner = (
+            SqlAlchemyRunner(self.connections)
+            if engine is not None
+            else self._choose_runner(url, options, asyncpg, budget)
+        )
         self.keep_connections(False)
 
     @classmethod
@@ -124,10 +151,21 @@ class SqlStore:
         return cls(url, table_name, options)
 
     @classmethod
+    def from_engine(cls, engine: AsyncEngine, table_name: str) -> SqlStore:
+        """The store on an app's own ``AsyncEngine``: per-request statements and
+        maintenance on connections of its pool (autocommit set per connection, the
+        engine's own settings untouched), never disposed: ``close()`` leaves it open.
+        Raises :class:`~quartsess.ConfigurationError` for an engine it cannot use."""
+        check_engine(engine)
+        return cls(engine.url, table_name, engine=engine)
+
+    @classmethod
     def from_config(cls, config: SessionConfig) -> SqlStore:
         """The store an app's settings describe (``Session.store_class`` hook); raises
-        :class:`~quartsess.ConfigurationError` for a database, driver or connection
-        budget it cannot serve."""
+        :class:`~quartsess.ConfigurationError` for a database, driver, connection budget
+        or engine it cannot serve."""
+        if config.engine is not None:
+            return cls.from_engine(config.engine, config.table)
         check_sql_settings(config.db_url, config.engine_options)
         return cls(config.db_url, config.table, config.engine_options)
 

@@ -1,15 +1,20 @@
 """The SQL store's own settings policy: which databases and drivers it serves, that the
-driver is installed, and each worker's PostgreSQL connection budget. Checked when the
-store is built from the app's settings (:meth:`SqlStore.from_config`)."""
+driver is installed, and each worker's PostgreSQL connection budget; or, with an app's
+own engine, that the engine is one it can use. Checked when the store is built from the
+app's settings (:meth:`SqlStore.from_config`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
+from sqlalchemy.pool import AssertionPool, Pool, QueuePool, SingletonThreadPool, StaticPool
 
 from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 # backend -> (drivers quartsess serves it with, how to install the first). SQLite is served
 # by the standard library's sqlite3 whatever the URL names, so its synchronous URLs
@@ -47,10 +52,10 @@ def unsupported_url_problem(url: URL) -> str | None:
     )
 
 
-#: Connections of a worker's PostgreSQL budget kept for maintenance: the pruner holds
-#: one for its lock and deletes on another. Requests need at least one more.
+#: Connections of a worker's budget on a database server kept for maintenance: the
+#: pruner holds one for its lock and deletes on another. Requests need at least one more.
 MAINTENANCE_CONNECTIONS = 2
-_MIN_POSTGRESQL_BUDGET = MAINTENANCE_CONNECTIONS + 1
+_MIN_BUDGET = MAINTENANCE_CONNECTIONS + 1
 
 
 def postgresql_budget(options: Mapping[str, Any]) -> int:
@@ -68,13 +73,13 @@ def check_connection_budget(url: URL, options: Mapping[str, Any]) -> None:
         raise ConfigurationError(
             "SESSION_ENGINE_OPTIONS", "pool_size and max_overflow must be whole numbers"
         ) from None
-    if budget < _MIN_POSTGRESQL_BUDGET:
+    if budget < _MIN_BUDGET:
         raise ConfigurationError(
             "SESSION_ENGINE_OPTIONS",
             f"pool_size + max_overflow ({budget}) is each worker's PostgreSQL connection "
             f"budget: {MAINTENANCE_CONNECTIONS} for pruning and maintenance, the rest for "
             f"requests; it must be at "
-            f"least {_MIN_POSTGRESQL_BUDGET}",
+            f"least {_MIN_BUDGET}",
         )
 
 
@@ -101,3 +106,33 @@ def check_sql_settings(url: URL, options: Mapping[str, Any]) -> None:
         raise ConfigurationError("SESSION_DB_URL", problem)
     check_connection_budget(url, options)
     check_driver_installed(url)
+
+
+def pool_budget(pool: Pool) -> int | None:
+    """The connections ``pool`` holds at most: ``pool_size + max_overflow``, 1 for the
+    pools of one connection (``StaticPool`` and the like), ``None`` when it sets no
+    limit (``NullPool``, ``max_overflow=-1``, a pool class of the app's own)."""
+    if isinstance(pool, StaticPool | SingletonThreadPool | AssertionPool):
+        return 1
+    if not isinstance(pool, QueuePool):
+        return None
+    overflow = int(getattr(pool, "_max_overflow", 0))
+    return None if overflow < 0 else pool.size() + overflow
+
+
+def check_engine(engine: AsyncEngine) -> None:
+    """Raise :class:`~quartsess.ConfigurationError` unless the SQL store can keep the
+    sessions through the app's ``engine``: a database and async driver quartsess
+    serves, and a pool that leaves room for requests beside maintenance."""
+    problem = unsupported_url_problem(engine.url)
+    if problem is not None:
+        raise ConfigurationError("engine", problem)
+    budget = pool_budget(engine.sync_engine.pool)
+    if engine.url.get_backend_name() != "sqlite" and budget is not None and budget < _MIN_BUDGET:
+        raise ConfigurationError(
+            "engine",
+            f"its pool holds at most {budget} connection{'s' if budget != 1 else ''} "
+            "(pool_size + max_overflow); "
+            f"the sessions' pruner holds {MAINTENANCE_CONNECTIONS} at times and "
+            f"requests need one more: give it at least {_MIN_BUDGET}",
+        )

@@ -1,6 +1,6 @@
 """Per-request statements through SQLAlchemy: MariaDB/MySQL (an engine on its asyncio
-driver), and SQLite URLs that are not a plain file path (``:memory:``, ``file:`` URIs; on
-a thread)."""
+driver), SQLite URLs that are not a plain file path (``:memory:``, ``file:`` URIs; on
+a thread), and every database when the sessions use the app's own engine."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class SqlAlchemyRunner:
 
     def __init__(self, connections: Connections) -> None:
         self._connections = connections
-        self._run = connections.run
+        self._run = connections.run_statement
 
     @property
     def keep_open(self) -> bool:
