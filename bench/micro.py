@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,29 @@ async def bench_app(app: Quart, n: int, batches: int) -> dict[str, float]:
             results["open+save new visitor"] = await timed(new, n, batches)
             if isinstance(interface, ServerSessionInterface):
                 server_interface = interface
+                # The same sessions named in a header (SESSION_HEADER_NAME, API clients).
+                by_header = ServerSessionInterface(
+                    interface.saver,
+                    replace(interface.config, header_name="X-Session-Token"),
+                    interface.live,
+                    interface.holds,
+                )
+                header_requests = []
+                for cookie in cookies:
+                    sid = cookie.split("=", 1)[1]
+                    async with app.test_request_context("/", headers={"X-Session-Token": sid}):
+                        from quart import request
+
+                        header_requests.append(request._get_current_object())  # type: ignore[attr-defined]
+
+                async def read_only_header(i: int) -> None:
+                    session = await by_header.open_session(app, header_requests[i % SESSIONS])
+                    session.get("name")
+                    await by_header.save_session(app, session, Response("ok"))
+
+                results["open+save read-only, ID in a header"] = await timed(
+                    read_only_header, n, batches
+                )
 
                 async def rmw_exclusive(i: int) -> None:
                     # What an @exclusive route adds: the lease taken, then released after

@@ -50,6 +50,7 @@ OWN_KEYS = frozenset(
         "SESSION_RECORD_CLIENT",
         "SESSION_WEBSOCKET_CHECK_INTERVAL",
         "SESSION_EXCLUSIVE_TIMEOUT",
+        "SESSION_HEADER_NAME",
     }
 )
 QUART_KEYS = frozenset(
@@ -161,6 +162,7 @@ class SessionConfig:
     record_client: bool = True
     websocket_check_interval: float | None = DEFAULT_WEBSOCKET_CHECK_INTERVAL
     exclusive_timeout: float = DEFAULT_EXCLUSIVE_TIMEOUT
+    header_name: str | None = None
     #: The app's own engine (``Session(app, engine=...)``), whose pool the sessions use;
     #: ``db_url`` is then its URL. ``None``: the store makes its own from ``db_url``.
     engine: AsyncEngine | None = field(default=None, compare=False)
@@ -179,7 +181,7 @@ class SessionConfig:
             f"anonymous_idle_timeout={self.anonymous_idle_timeout}, "
             f"record_client={self.record_client}, "
             f"websocket_check_interval={self.websocket_check_interval}, "
-            f"exclusive_timeout={self.exclusive_timeout})"
+            f"exclusive_timeout={self.exclusive_timeout}, header_name={self.header_name!r})"
         )
 
     @property
@@ -285,6 +287,7 @@ class SessionConfig:
                 "SESSION_EXCLUSIVE_TIMEOUT",
                 "must be a positive number of seconds (how long an @exclusive request waits)",
             )
+        header_name = _header_name(config.get("SESSION_HEADER_NAME"))
         record_client = config.get("SESSION_RECORD_CLIENT", True)
         if not isinstance(record_client, bool):
             raise ConfigurationError("SESSION_RECORD_CLIENT", "must be True or False")
@@ -306,6 +309,7 @@ class SessionConfig:
             record_client=record_client,
             websocket_check_interval=None if websocket_check is None else float(websocket_check),
             exclusive_timeout=exclusive_timeout,
+            header_name=header_name,
             engine=engine,
         )
 
@@ -434,6 +438,31 @@ def derived_keys(config: Mapping[str, Any]) -> list[bytes]:
             "SECRET_KEY_FALLBACKS", "must be a list of old secret keys (non-empty str or bytes)"
         )
     return [derive_fernet_key(value) for value in (secret, *fallbacks) if value]
+
+
+# An HTTP field name (RFC 9110's token), and the ones a session ID must not go in.
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_NOT_FOR_SESSIONS = frozenset(
+    {"cookie", "set-cookie", "authorization", "proxy-authorization", "host", "content-length",
+     "content-type", "transfer-encoding", "connection", "vary", "cache-control"}
+)  # fmt: skip
+
+
+def _header_name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or _FIELD_NAME.fullmatch(value) is None:
+        raise ConfigurationError(
+            "SESSION_HEADER_NAME",
+            "must be an HTTP header name such as X-Session-Token, or None (off)",
+        )
+    if value.lower() in _NOT_FOR_SESSIONS:
+        raise ConfigurationError(
+            "SESSION_HEADER_NAME",
+            f"{value} has a meaning of its own: use a header of your own, such as "
+            "X-Session-Token (a session ID is not a Bearer token)",
+        )
+    return value
 
 
 def _seconds(config: Mapping[str, Any], name: str, default: Any) -> int | None:

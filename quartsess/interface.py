@@ -64,6 +64,10 @@ class ServerSessionInterface(SessionInterface):
         self.config = config
         #: The worker's open websockets, closed when their session ends elsewhere.
         self.live = live if live is not None else LiveWebsockets(saver, None)
+        # What a response that read the session varies on.
+        self._vary_names: tuple[str, ...] = (
+            ("Cookie",) if config.header_name is None else ("Cookie", config.header_name)
+        )
         #: The holds of ``@exclusive`` routes.
         self.holds = holds if holds is not None else SessionHolds(saver, config.exclusive_timeout)
         self.policy = saver.policy
@@ -99,13 +103,26 @@ class ServerSessionInterface(SessionInterface):
         adopted: the request gets a fresh session that will get a new ID if stored.
         When the store cannot be read, the null session (any use answers 503)."""
         client = self.client_of(request)
-        cookie = request.cookies.get(self.get_cookie_name(app))
+        header = self.config.header_name
+        via_header = header is not None and header in request.headers
+        cookie: str | None
+        if via_header:
+            cookie = request.headers.get(header or "", "").strip()
+        else:
+            cookie = request.cookies.get(self.get_cookie_name(app))
+
+        def fresh() -> ServerSession:
+            return self.session_class(
+                persist=self.persist, client=client, clock=self.clock, via_header=via_header
+            )
+
         if not cookie:
-            return self.session_class(persist=self.persist, client=client, clock=self.clock)
+            return fresh()
         if not is_well_formed(cookie):
             # Common and harmless (an old cookie format), so not a warning; never logged raw.
-            logger.info("a malformed session cookie was ignored; a new session starts")
-            return self.session_class(persist=self.persist, client=client, clock=self.clock)
+            where = "header" if via_header else "cookie"
+            logger.info("a malformed session %s was ignored; a new session starts", where)
+            return fresh()
         id_hash = hash_session_id(cookie)
         pending = self._pending_saves.get(id_hash)
         if pending is not None:
@@ -118,10 +135,15 @@ class ServerSessionInterface(SessionInterface):
             logger.log(level, "session %s %s: %s", log_id(id_hash), what, _failure(error))
             return await self.make_null_session(app)
         if opened is None:
-            return self.session_class(persist=self.persist, client=client, clock=self.clock)
+            return fresh()
         loaded, data = opened
         session = self.session_class(
-            data, loaded=loaded, persist=self.persist, client=client, clock=self.clock
+            data,
+            loaded=loaded,
+            persist=self.persist,
+            client=client,
+            clock=self.clock,
+            via_header=via_header,
         )
         if isinstance(request, Websocket):
             self.live.watch(session, request)
@@ -169,7 +191,7 @@ class ServerSessionInterface(SessionInterface):
             # the error was raised and logged once already.
             return None
         if response is not None and session.read_by_app:
-            _vary_on_cookie(response)
+            self._vary(response)
         try:
             decision = self.saver.decide(
                 session.loaded,
@@ -294,7 +316,11 @@ class ServerSessionInterface(SessionInterface):
         result: SaveResult,
         permanence_changed: bool = False,
     ) -> None:
-        """Set, delete or leave the cookie after a save that had ``result``."""
+        """Set, delete or leave the cookie after a save that had ``result`` (or, for a
+        session that came in the header, the header)."""
+        if session.via_header:
+            self._send_header(session, response, result)
+            return
         action = self._cookie_action(app, session, result, permanence_changed)
         if action == "set":
             self._set_cookie(app, session, response)
@@ -363,6 +389,26 @@ class ServerSessionInterface(SessionInterface):
 
     # -- cookies --------------------------------------------------------------------
 
+    def _send_header(
+        self, session: ServerSession, response: AnyResponse, result: SaveResult
+    ) -> None:
+        """A session that came in the header answers in it: the ID when it is new (a new
+        session, or renewed), an empty value when it ended; nothing otherwise."""
+        header = self.config.header_name
+        if header is None:  # pragma: no cover - only header sessions come here
+            return
+        if result is SaveResult.ENDED:
+            response.headers[header] = ""
+        elif result is SaveResult.ISSUED and session.sid is not None:
+            response.headers[header] = session.sid
+        else:
+            return
+        self._vary(response)
+        _forbid_shared_caching(response)
+
+    def _vary(self, response: AnyResponse) -> None:
+        _vary_on(response, self._vary_names)
+
     def _set_cookie(self, app: Quart, session: ServerSession, response: AnyResponse) -> None:
         if session.sid is None:  # pragma: no cover - only called after a store
             return
@@ -377,7 +423,7 @@ class ServerSessionInterface(SessionInterface):
             secure=self.get_cookie_secure(app),
             samesite=self.get_cookie_samesite(app),
         )
-        _vary_on_cookie(response)
+        self._vary(response)
         _forbid_shared_caching(response)
 
     def _delete_cookie(self, app: Quart, response: AnyResponse) -> None:
@@ -390,22 +436,26 @@ class ServerSessionInterface(SessionInterface):
             samesite=self.get_cookie_samesite(app),
             httponly=self.get_cookie_httponly(app),
         )
-        _vary_on_cookie(response)
+        self._vary(response)
         _forbid_shared_caching(response)
 
 
-def _vary_on_cookie(response: AnyResponse) -> None:
-    """Name ``Cookie`` in ``Vary`` as Quart and Flask do: on the app's own ``Vary`` line,
-    one line in all (caches and proxies exist that read only the first)."""
+def _vary_on(response: AnyResponse, names: tuple[str, ...]) -> None:
+    """Name ``names`` (``Cookie``, and the session header when there is one) in ``Vary``
+    as Quart and Flask do: on the app's own ``Vary`` line, one line in all (caches and
+    proxies exist that read only the first)."""
     lines = response.headers.getlist("Vary")
     if not lines:
         # The common case: nothing to merge with, no parsing.
-        response.headers["Vary"] = "Cookie"
+        response.headers["Vary"] = ", ".join(names)
         return
     fields = [field.strip() for line in lines for field in line.split(",") if field.strip()]
-    if any(field.lower() in ("cookie", "*") for field in fields):
-        return  # named already (or everything varies): the app's lines stay as they are
-    response.headers["Vary"] = ", ".join([*fields, "Cookie"])
+    named = {field.lower() for field in fields}
+    if "*" in named:
+        return  # everything varies: the app's lines stay as they are
+    missing = [name for name in names if name.lower() not in named]
+    if missing:
+        response.headers["Vary"] = ", ".join([*fields, *missing])
 
 
 def _forbid_shared_caching(response: AnyResponse) -> None:

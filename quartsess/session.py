@@ -37,6 +37,7 @@ class _State:
     hold: Hold | None = None
     authenticated_at: int | None = None
     clock: Clock = time.time
+    via_header: bool = False
 
 
 class ServerSession(CallbackDict[str, Any], SessionMixin):
@@ -56,6 +57,7 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         persist: Persist | None = None,
         client: Client | None = None,
         clock: Clock = time.time,
+        via_header: bool = False,
     ) -> None:
         def on_update(self: ServerSession) -> None:
             self._on_read()
@@ -73,6 +75,7 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         self._state = _State(loaded, persist, client, self._stored_permanent())
         self._state.authenticated_at = stamp
         self._state.clock = clock
+        self._state.via_header = via_header
 
     @property
     def sid(self) -> str | None:
@@ -86,6 +89,12 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         until the session is first stored. Stable across new IDs; safe to show."""
         loaded = self._state.loaded
         return None if loaded is None else loaded.record.handle
+
+    @property
+    def via_header(self) -> bool:
+        """Whether the request named its session in ``SESSION_HEADER_NAME`` (an API
+        client) rather than in the cookie: the response answers in that header."""
+        return self._state.via_header
 
     @property
     def authenticated_at(self) -> datetime | None:

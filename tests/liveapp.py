@@ -3,7 +3,8 @@ revocation and an echo websocket that names the worker and the session's user.
 
 Configured from the environment so that every worker shares the settings:
 ``QUARTSESS_SECRET_KEY``, ``QUARTSESS_DB_URL``, ``QUARTSESS_TABLE``,
-``QUARTSESS_CHECK_INTERVAL`` (seconds), ``QUARTSESS_ABSOLUTE_TIMEOUT`` (seconds, optional).
+``QUARTSESS_CHECK_INTERVAL`` (seconds), ``QUARTSESS_ABSOLUTE_TIMEOUT`` (seconds, optional),
+``QUARTSESS_HEADER_NAME`` (optional).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def create_app() -> Quart:
         SESSION_PRUNE_INTERVAL=0,
         SESSION_WEBSOCKET_CHECK_INTERVAL=float(os.environ.get("QUARTSESS_CHECK_INTERVAL", "1")),
         SESSION_ABSOLUTE_TIMEOUT=None if absolute is None else float(absolute),
+        SESSION_HEADER_NAME=os.environ.get("QUARTSESS_HEADER_NAME"),
     )
     extension = Session(app)
 

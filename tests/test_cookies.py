@@ -8,7 +8,7 @@ import pytest
 from quart import Quart, Response, session
 
 from quartsess import ServerSessionInterface, Session
-from quartsess.interface import _forbid_shared_caching, _vary_on_cookie
+from quartsess.interface import _forbid_shared_caching, _vary_on
 from tests.conftest import AppFactory, FakeClock
 from tests.support import add_routes, session_cookie, stored_rows
 
@@ -163,8 +163,8 @@ def test_a_response_setting_the_cookie_varies_on_it_and_is_private_whatever_it_h
         response.headers.add("Vary", value)
     for value in cache_control:
         response.headers.add("Cache-Control", value)
-    _vary_on_cookie(response)
-    _vary_on_cookie(response)  # a second call (the save after a read) adds nothing
+    _vary_on(response, ("Cookie",))
+    _vary_on(response, ("Cookie",))  # a second call (the save after a read) adds nothing
     _forbid_shared_caching(response)
     tokens = [
         token.strip().lower()
@@ -211,5 +211,5 @@ def test_several_vary_lines_of_the_app_become_one_naming_cookie() -> None:
     response = Response("hi")
     response.headers.add("Vary", "Accept-Encoding")
     response.headers.add("Vary", "Origin, ")
-    _vary_on_cookie(response)
+    _vary_on(response, ("Cookie",))
     assert response.headers.getlist("Vary") == ["Accept-Encoding, Origin, Cookie"]

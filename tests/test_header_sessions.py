@@ -6,13 +6,16 @@ cookie stays a cookie request. On SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from quart import Quart
 
 from quartsess import ConfigurationError, Session
 from tests.conftest import AppFactory, FakeClock
+from tests.servers import hypercorn_server, server_env
 from tests.support import add_routes, stored_rows
 from tests.test_user_sessions import add_user_routes
 
@@ -123,3 +126,42 @@ def test_the_header_name_is_checked(make_app: AppFactory) -> None:
     for wrong in ("Cookie", "set-cookie", "Authorization", "X Session", "", 5):
         with pytest.raises(ConfigurationError, match="SESSION_HEADER_NAME"):
             make_app(SESSION_HEADER_NAME=wrong)
+
+
+async def test_an_api_client_on_two_hypercorn_workers(tmp_path: Path) -> None:
+    """httpx without a cookie jar, every request a connection of its own."""
+    env = server_env(
+        tmp_path / "instance",
+        QUARTSESS_SECRET_KEY="header-secret-0123456789abcdef012",
+        QUARTSESS_DB_URL=f"sqlite+aiosqlite:///{tmp_path / 'sessions.sqlite3'}",
+        QUARTSESS_HEADER_NAME=HEADER,
+    )
+    with hypercorn_server(
+        env, tmp_path / "server.log", arguments=(), application="tests.liveapp:create_app()",
+        ready_path="/health",
+    ) as server:  # fmt: skip
+        token = ""
+
+        async def call(method: str, path: str) -> httpx.Response:
+            nonlocal token
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                response = await client.request(method, path, headers={HEADER: token})
+            assert "set-cookie" not in response.headers
+            assert response.status_code == 200, response.text
+            if HEADER in response.headers:
+                token = response.headers[HEADER]
+            return response
+
+        await call("POST", "/login/ada")
+        first = token
+        assert len(first) == 43
+        for _ in range(20):  # reads, on whichever worker takes the connection
+            assert (await call("GET", "/pid")).json()["user"] == "ada"
+        await call("POST", "/login/bob")  # a change of user: renewed, in the header
+        assert token != first
+        assert (await call("GET", "/pid")).json()["user"] == "bob"
+        revoked = await call("POST", "/revoke/bob")
+        assert revoked.json()["revoked"] == 1
+        assert (await call("GET", "/pid")).json()["user"] is None
+        token = "not-a-session-id"  # malformed: a fresh session, not a 500
+        assert (await call("GET", "/pid")).json()["user"] is None
