@@ -24,6 +24,7 @@ from werkzeug.security import generate_password_hash
 from quartsess import Session, recent_authentication_required, session
 
 from .auth import authenticate, login_required, login_throttle, safe_next, throttled_answer
+from .csrf import rotate_csrf_token
 from .flashes import flash
 from .logs import capped
 from .passwords import PasswordStore
@@ -115,6 +116,9 @@ async def password_submit() -> ResponseReturnValue:
     await password_store().set(user, hashed)
     extension: Session = current_app.extensions["quartsess"]
     others = await extension.revoke_user_sessions(user, keep_current=True)
+    # New credentials, a new session ID and a new CSRF nonce (OWASP's advice).
+    session.regenerate()
+    rotate_csrf_token()
     logger.info("password changed for %r; %d other sessions ended", capped(user, 64), others)
     devices = "1 other device" if others == 1 else f"{others} other devices"
     await flash(f"Password changed. Logged out {devices}.", "success")

@@ -23,17 +23,23 @@ def exclusive(view: Callable[P, Any]) -> Callable[P, Any]:
     it within 5 seconds. For HTTP routes only: a websocket would hold its session for
     its whole life.
 
+    Put it right under the route decorator, above decorators that read the session
+    (``login_required``, say), so they see the content the hold brought up to date.
+    Signal receivers of the request's save run before the hold is released: keep them
+    quick.
+
     ::
 
         @app.post("/cart/add")
         @exclusive
+        @login_required
         async def add_to_cart(): ...
     """
 
     @functools.wraps(view)
     async def hold_then_run(*args: P.args, **kwargs: P.kwargs) -> Any:
         from quart import current_app, has_websocket_context
-        from quart.globals import request_ctx
+        from quart import session as current_session
 
         from .interface import ServerSessionInterface
 
@@ -42,7 +48,8 @@ def exclusive(view: Callable[P, Any]) -> Callable[P, Any]:
         interface = current_app.session_interface
         if not isinstance(interface, ServerSessionInterface):
             raise RuntimeError("@exclusive needs quartsess: call Session(app)")
-        await interface.hold(request_ctx.session)
+        # The proxy's object: Quart 0.23 has no request_ctx in quart.globals.
+        await interface.hold(current_session._get_current_object())
         return await current_app.ensure_async(view)(*args, **kwargs)
 
     return hold_then_run

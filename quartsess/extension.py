@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from weakref import WeakKeyDictionary
 
 from .cli import sessions_cli
@@ -213,7 +213,8 @@ class Session:
             from quart import current_app, has_app_context
 
             if has_app_context():
-                app = current_app._get_current_object()  # type: ignore[attr-defined]
+                # Any: Quart 0.22 types the proxy as the app, 0.23 as a proxy.
+                app = cast(Any, current_app)._get_current_object()
             elif not self._parts:
                 raise RuntimeError(
                     "this Session serves no app yet: call Session(app) or init_app(app) first"

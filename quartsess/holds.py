@@ -44,6 +44,10 @@ class Hold:
     local: asyncio.Lock
     renewing: asyncio.Task[None] | None = None
     released: bool = field(default=False)
+    #: When the lease was last known to be ours (``time.monotonic()``).
+    confirmed: float = field(default_factory=time.monotonic)
+    #: The lease was lost (it ran out and may have been taken): the request must not write.
+    lost: bool = False
 
 
 @dataclass(slots=True)
@@ -80,6 +84,9 @@ class SessionHolds:
         except TimeoutError:
             self._leave(id_hash, queue)
             raise SessionBusy(self.timeout) from None
+        except BaseException:  # cancelled while waiting (the client went)
+            self._leave(id_hash, queue)
+            raise
         try:
             adopted = await self._take_lease(loaded, queue, deadline)
         except BaseException:
@@ -127,6 +134,27 @@ class SessionHolds:
             await asyncio.sleep(min(wait, remaining))  # another worker holds it
             wait = min(wait * 2, _LONGEST_RETRY)
 
+    async def confirm(self, hold: Hold) -> None:
+        """Before the save of a request that ran long: renew the lease if its last
+        renewal is older than half of it, and mark the hold ``lost`` if that fails (the
+        lease ran out, and another request may have held the session meanwhile)."""
+        if hold.lost or time.monotonic() - hold.confirmed < LEASE_SECONDS / 2:
+            return
+        await self._renew_once(hold)
+
+    async def _renew_once(self, hold: Hold) -> bool:
+        until = int(self.saver.clock()) + LEASE_SECONDS
+        try:
+            kept = await self.saver.store.renew_lease(hold.id_hash, owner=hold.owner, until=until)
+        except StoreError as error:
+            logger.warning("a hold on a session could not be renewed: %s", error)
+            return True  # not known to be lost: the next renewal, or the save, finds out
+        if kept:
+            hold.confirmed = time.monotonic()
+        else:
+            hold.lost = True
+        return kept
+
     async def release(self, hold: Hold) -> None:
         """End ``hold`` (once; later calls do nothing). A store error is logged: the
         lease then runs out by itself."""
@@ -157,15 +185,7 @@ class SessionHolds:
     async def _renew(self, hold: Hold) -> None:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 3)
-            until = int(self.saver.clock()) + LEASE_SECONDS
-            try:
-                kept = await self.saver.store.renew_lease(
-                    hold.id_hash, owner=hold.owner, until=until
-                )
-            except StoreError as error:
-                logger.warning("a hold on a session could not be renewed: %s", error)
-                continue
-            if not kept:
+            if not await self._renew_once(hold):
                 # The row went (the request renewed the ID, or the session ended), or the
                 # lease ran out while the store could not be reached.
                 logger.info("a hold on a session ended before its request did")

@@ -25,7 +25,14 @@ from .holds import Hold, SessionHolds
 from .ids import hash_session_id, is_well_formed, log_id
 from .live import LiveWebsockets
 from .owners import Client
-from .saving import SAVE_FAILURES, SaveDecision, SaveOutcome, SaveResult, SessionSaver
+from .saving import (
+    SAVE_FAILURES,
+    SaveDecision,
+    SaveOutcome,
+    SaveResult,
+    SessionSaver,
+    merge_changes,
+)
 from .session import ServerSession, UnavailableSession
 
 if TYPE_CHECKING:
@@ -173,7 +180,9 @@ class ServerSessionInterface(SessionInterface):
         hold = session.take_hold()
         save: asyncio.Future[None] | None = None
         try:
-            save = self._start_save(app, session, response)
+            if hold is not None:
+                await self.holds.confirm(hold)  # a long request: is the lease still ours?
+            save = self._start_save(app, session, response, hold)
         finally:
             released = None if hold is None else self._release_after(hold, save)
         if save is not None:
@@ -182,16 +191,30 @@ class ServerSessionInterface(SessionInterface):
             await asyncio.shield(released)
 
     def _start_save(
-        self, app: Quart, session: ServerSession, response: AnyResponse | None
+        self,
+        app: Quart,
+        session: ServerSession,
+        response: AnyResponse | None,
+        hold: Hold | None = None,
     ) -> asyncio.Future[None] | None:
         """Decide the save and start its write; the write's task, or ``None`` when
         nothing was left to wait for."""
-        if session.unstorable:
-            # The error response of a failed save is saved too (Quart finalizes it):
-            # the error was raised and logged once already.
+        if session.unstorable or session.ended_meanwhile:
+            # unstorable: the error response of a failed save is saved too (Quart
+            # finalizes it), and the error was raised and logged once already.
+            # ended_meanwhile: the session ended while an @exclusive request waited for
+            # it; like any request that loses that race, it stores nothing and leaves the
+            # cookie alone (a login that ended it may just have set a new one).
             return None
         if response is not None and session.read_by_app:
             self._vary(response)
+        if hold is not None and hold.lost:
+            # Another request may have held the session since: writing now could undo
+            # its change. A 503 tells the client to try again.
+            logger.error("an @exclusive request lost its hold on the session; not saved")
+            if response is not None:
+                _replace_with_unavailable(response)
+            return None
         try:
             decision = self.saver.decide(
                 session.loaded,
@@ -242,15 +265,20 @@ class ServerSessionInterface(SessionInterface):
         :class:`~quartsess.SessionBusy` after ``SESSION_EXCLUSIVE_TIMEOUT`` seconds."""
         if not isinstance(session, ServerSession) or session.loaded is None:
             return
-        if self.is_null_session(session):
-            raise SessionStoreUnavailable()
         if session.hold is not None:
             return  # held already (a view decorated twice)
+        loaded = session.loaded
         try:
-            hold, fresh = await self.holds.take(session.loaded)
+            hold, fresh = await self.holds.take(loaded)
         except StoreError as error:
             logger.error("session not held for an @exclusive route: %s", _failure(error))
             raise
+        if fresh is not None and fresh is not False:
+            # Changed meanwhile: what this request changed before the hold (a
+            # before_request hook, say) is merged onto the newer content, not lost.
+            newer, theirs = fresh
+            base = self.saver.codec.deserialize(loaded.plaintext) if loaded.plaintext else {}
+            fresh = (newer, merge_changes(base, session.contents(), theirs))
         session.held(hold, fresh)
         task = asyncio.current_task()
         if hold is not None and task is not None:

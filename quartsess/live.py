@@ -12,6 +12,7 @@ websocket is activity: its session's idle deadline is extended as a request's wo
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -30,6 +31,9 @@ logger = logging.getLogger("quartsess")
 #: The close code of a websocket whose session ended: "policy violation" (RFC 6455).
 CLOSE_CODE = 1008
 CLOSE_REASON = "session ended"
+#: Seconds a close may wait for a client that does not read before the handler is
+#: cancelled anyway.
+CLOSE_TIMEOUT = 1.0
 
 
 @dataclass(eq=False, slots=True)
@@ -52,6 +56,8 @@ class LiveWebsockets:
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._waiters: list[asyncio.Future[None]] = []
+        self._user_hashes: dict[str, list[str]] = {}  # user -> hashes under every key
+        self._closing: set[asyncio.Task[None]] = set()
         #: Checks finished so far (for tests and diagnostics).
         self.checks = 0
 
@@ -68,8 +74,10 @@ class LiveWebsockets:
         self._watched.add(watched)
         task.add_done_callback(lambda _: self._watched.discard(watched))
         if self._task is None or self._task.done():
+            # A context of its own: not the first websocket's (whose request, session and
+            # app context its signals' receivers would otherwise see, and keep alive).
             self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="quartsess-websockets"
+                self._run(), name="quartsess-websockets", context=contextvars.Context()
             )
 
     async def next_check(self) -> None:
@@ -80,6 +88,8 @@ class LiveWebsockets:
 
     async def stop(self) -> None:
         """Stop checking (the app is shutting down)."""
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=CLOSE_TIMEOUT * 2)
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
@@ -136,32 +146,46 @@ class LiveWebsockets:
         closed = 0
         for id_hash, entries in by_id.items():
             row = rows.get(id_hash)
-            ended = await self._ended(row, entries, now)
-            if ended:
+            why = self._ended(row, entries, now)
+            if why:
                 for entry in entries:
+                    entry.closing = True
                     closed += 1
-                    await self._close(entry, ended)
+                # In a task of its own: a client that stops reading (its close waits) or
+                # a slow signal receiver must not hold up the checks of every other socket.
+                ending = asyncio.ensure_future(self._end_and_close(row, entries, why))
+                self._closing.add(ending)
+                ending.add_done_callback(self._closing.discard)
             elif row is not None:
                 await self._keep_alive(row, entries)
         return closed
 
-    async def _ended(self, row: StoredSession | None, entries: list[_Watched], now: int) -> str:
+    def _ended(self, row: StoredSession | None, entries: list[_Watched], now: int) -> str:
         """Why the sessions of ``entries`` ended (``""``: they did not)."""
         if row is None:
             return "its session ended"
         if not self.saver.policy.is_live(row, now):
-            # This worker found it expired: it ends the session (once, whoever finds it).
-            full = await self.saver.store.load(row.id_hash)
-            if full is not None:
-                try:
-                    await self.saver.lifecycle.end_expired(full)
-                except StoreError as error:
-                    logger.warning("an expired session's row was left to the pruner: %s", error)
             return "its session expired"
         loaded = entries[0].session.loaded
-        if loaded is not None and row.user_hash != loaded.record.user_hash:
+        if loaded is not None and self._user_changed(row, loaded.user):
             return "its session's user changed"
         return ""
+
+    def _user_changed(self, row: StoredSession, user: str | None) -> bool:
+        """Whether ``row`` is bound to another user than ``user``. Compared through the
+        user's hash under every key, so a key rotation (which re-hashes the row's user)
+        or a row that gains its hash on a write is not taken for a change of user."""
+        if user is None:
+            return row.user_hash is not None
+        return row.user_hash is not None and row.user_hash not in self._hashes_of(user)
+
+    def _hashes_of(self, user: str) -> list[str]:
+        hashes = self._user_hashes.get(user)
+        if hashes is None:
+            if len(self._user_hashes) >= 4096:
+                self._user_hashes.clear()
+            hashes = self._user_hashes[user] = self.saver.owners.user_hashes(user)
+        return hashes
 
     async def _keep_alive(self, row: StoredSession, entries: list[_Watched]) -> None:
         try:
@@ -169,12 +193,27 @@ class LiveWebsockets:
         except StoreError as error:
             logger.warning("an open websocket's session could not be kept alive: %s", error)
 
+    async def _end_and_close(
+        self, row: StoredSession | None, entries: list[_Watched], why: str
+    ) -> None:
+        if row is not None and why == "its session expired":
+            # This worker found it expired: it ends the session (once, whoever finds it).
+            try:
+                full = await self.saver.store.load(row.id_hash)
+                if full is not None:
+                    await self.saver.lifecycle.end_expired(full)
+            except StoreError as error:
+                logger.warning("an expired session's row was left to the pruner: %s", error)
+        for entry in entries:
+            await self._close(entry, why)
+
     async def _close(self, entry: _Watched, why: str) -> None:
-        entry.closing = True
         logger.info("a websocket was closed: %s", why)
         try:
-            await entry.websocket.close(CLOSE_CODE, CLOSE_REASON)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await entry.websocket.close(CLOSE_CODE, CLOSE_REASON)
         except Exception as error:
-            # Closed already (by the handler, or the client went): cancelling is enough.
+            # Closed already (by the handler, or the client went), or a client that does
+            # not read: cancelling the handler is enough.
             logger.debug("closing a websocket failed: %r", error)
         entry.task.cancel()

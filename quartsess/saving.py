@@ -225,7 +225,7 @@ class SessionSaver:
                 return NOTHING_TO_WRITE
             self.codec.check_size(plaintext)
             return SaveDecision(Write.UPDATE, loaded, data, plaintext, client)
-        data, stamped = self._stamped(loaded, data)
+        data, stamped = self._stamped(loaded, data, renewed=regenerate)
         plaintext = self.codec.serialize(data)
         self.codec.check_size(plaintext)  # before anything is written or retired
         if not can_send_cookie and (loaded is None or renew):
@@ -255,15 +255,19 @@ class SessionSaver:
             return SaveDecision(Write.TOUCH, loaded, data, plaintext, client)
         return NOTHING_TO_WRITE
 
-    def _stamped(self, loaded: Loaded | None, data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    def _stamped(
+        self, loaded: Loaded | None, data: dict[str, Any], *, renewed: bool = False
+    ) -> tuple[dict[str, Any], bool]:
         """``data`` with its authentication time as the user binding says: now when the
-        session becomes bound to a user or changes user (a login), none when it is bound
-        to none; as it was otherwise. And whether that changed it."""
+        session becomes bound to a user, changes user, or is renewed with a user and no
+        time (``clear()`` then the same user: a login; a bare ``regenerate()`` keeps the
+        time); none when it is bound to none; as it was otherwise. And whether that
+        changed it."""
         user = user_of(data, self.user_key)
         stamp = data.get(AUTHENTICATED_AT_KEY)
         if user is None:
             wanted = None
-        elif loaded is None or loaded.user != user:
+        elif loaded is None or loaded.user != user or (renewed and stamp is None):
             wanted = int(self.clock())
         else:
             return data, False

@@ -38,6 +38,7 @@ class _State:
     authenticated_at: int | None = None
     clock: Clock = time.time
     via_header: bool = False
+    ended_meanwhile: bool = False
 
 
 class ServerSession(CallbackDict[str, Any], SessionMixin):
@@ -63,19 +64,22 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
             self._on_read()
             self.modified = True
 
-        stamp = None
-        if initial is not None and AUTHENTICATED_AT_KEY in initial:
-            # Kept beside the data, not in it: the app reads it, never assigns it.
-            initial = dict(initial)
-            stamp = _stamp(initial.pop(AUTHENTICATED_AT_KEY))
-        super().__init__(initial, on_update)
+        super().__init__(initial, on_update)  # a copy of ``initial``
+        # Kept beside the data, not in it: the app reads it, never assigns it.
+        # (dict.pop: taking it out is not a change of the session.)
+        stamp = dict.pop(self, AUTHENTICATED_AT_KEY, None)
         self.modified = False
         self.accessed = False
         self.new = loaded is None
-        self._state = _State(loaded, persist, client, self._stored_permanent())
-        self._state.authenticated_at = stamp
-        self._state.clock = clock
-        self._state.via_header = via_header
+        self._state = _State(
+            loaded,
+            persist,
+            client,
+            self._stored_permanent(),
+            authenticated_at=None if stamp is None else _stamp(stamp),
+            clock=clock,
+            via_header=via_header,
+        )
 
     @property
     def sid(self) -> str | None:
@@ -185,18 +189,30 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
     def held(
         self, hold: Hold | None, fresh: tuple[Loaded, dict[str, Any]] | Literal[False] | None
     ) -> None:
-        """Take on a hold and what it found: the newer row and its content, ``None``
-        (the session ended meanwhile: an empty, new session) or ``False`` (what was
-        loaded is current). Called before the view runs, so nothing read is lost."""
+        """Take on a hold and what it found, before the view runs: the newer row and the
+        content to use (this request's changes so far merged onto the newer row's);
+        ``False``, what was loaded is current; ``None``, the session ended meanwhile:
+        the view sees an empty session, and the request stores nothing."""
         state = self._state
         state.hold = hold
         if fresh is False:
             return
-        loaded, data = (None, {}) if fresh is None else fresh
+        if fresh is None:
+            self._adopt({})
+            state.loaded = None
+            state.ended_meanwhile = True
+            self.new = True
+            return
+        loaded, data = fresh
         self._adopt(data)
         state.loaded = loaded
         state.loaded_permanent = self._stored_permanent()
-        self.new = loaded is None
+
+    @property
+    def ended_meanwhile(self) -> bool:
+        """Whether the session ended while an ``@exclusive`` request waited for it (the
+        request then stores nothing, and leaves the cookie alone)."""
+        return self._state.ended_meanwhile
 
     def take_hold(self) -> Hold | None:
         """The hold to release now (``None`` if there is none or it was taken already)."""

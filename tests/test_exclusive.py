@@ -258,3 +258,104 @@ async def test_a_table_without_the_lease_serves_all_but_exclusive_routes(
         assert refused.status_code == 503
         assert "quart sessions migrate" in caplog.text and "lease_owner" in caplog.text
         assert len(await stored_rows(app)) == 2
+
+
+async def test_a_session_that_ends_while_waiting_stores_nothing_and_keeps_the_cookie(
+    make_app: AppFactory,
+) -> None:
+    app, gates = exclusive_app(make_app)
+
+    @app.post("/peek")
+    @exclusive
+    async def peek() -> Any:
+        session["seen"] = True  # a write the ended session must not turn into a new one
+        return jsonify(dict(session))
+
+    @app.post("/logout")
+    async def logout() -> Any:
+        session.clear()
+        return jsonify(ok=True)
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await client.post("/start")
+        blocked = asyncio.ensure_future(client.post("/blocking"))
+        async with asyncio.timeout(5):
+            await gates["entered"].wait()
+        waiting = asyncio.ensure_future(client.post("/peek"))
+        await asyncio.sleep(0)
+        assert (await client.post("/logout")).status_code == 200
+        gates["go"].set()
+        assert (await blocked).status_code == 200
+        answer = await waiting
+        assert answer.status_code == 200
+        assert await answer.get_json() == {"seen": True}  # it saw an empty session
+        assert "Set-Cookie" not in answer.headers  # and stored none: no cookie to undo
+        assert await stored_rows(app) == []
+
+
+async def test_changes_made_before_the_hold_are_merged_not_lost(make_app: AppFactory) -> None:
+    app, gates = exclusive_app(make_app)
+
+    @app.before_request
+    async def note_the_visit() -> None:
+        if "n" in session:
+            session["last_path"] = "/count"
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await client.post("/start")
+        blocked = asyncio.ensure_future(client.post("/blocking"))
+        async with asyncio.timeout(5):
+            await gates["entered"].wait()
+        waiting = asyncio.ensure_future(client.post("/count"))  # its hook wrote before
+        await asyncio.sleep(0)
+        gates["go"].set()
+        assert (await blocked).status_code == 200
+        assert (await waiting).status_code == 200
+        state = await (await client.get("/state")).get_json()
+        assert state["blocked"] is True and state["n"] == 1 and state["last_path"] == "/count"
+
+
+async def test_a_waiter_whose_client_goes_leaves_nothing_behind(make_app: AppFactory) -> None:
+    app, gates = exclusive_app(make_app)
+    holds = app.extensions["quartsess"].parts_for(app).holds
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await client.post("/start")
+        blocked = asyncio.ensure_future(client.post("/blocking"))
+        async with asyncio.timeout(5):
+            await gates["entered"].wait()
+        async with client.request("/count", method="POST") as waiter:
+            await waiter.send_complete()
+            for _ in range(20):  # let it reach the queue behind the holder in this worker
+                await asyncio.sleep(0)
+            await waiter.disconnect()
+        gates["go"].set()
+        assert (await blocked).status_code == 200
+        assert (await client.post("/count")).status_code == 200
+    assert holds._queues == {}
+
+
+async def test_a_request_that_lost_its_lease_gets_503_and_writes_nothing(
+    make_app: AppFactory, table_name: str
+) -> None:
+    app, _ = exclusive_app(make_app)
+
+    @app.post("/slow-and-robbed")
+    @exclusive
+    async def slow_and_robbed() -> Any:
+        # As if the lease ran out during a long request and another one took it.
+        await execute(app, text(f"UPDATE {table_name} SET lease_owner = 'thief'"))  # noqa: S608
+        hold = session.hold
+        assert hold is not None
+        hold.confirmed -= LEASE_SECONDS  # long ago: the save checks the lease first
+        session["n"] = 100
+        return jsonify(ok=True)
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await client.post("/start")
+        refused = await client.post("/slow-and-robbed")
+        assert refused.status_code == 503
+        assert (await (await client.get("/state")).get_json())["n"] == 0

@@ -185,3 +185,24 @@ async def test_concurrent_confirmations_do_not_crash(make_app: AppFactory) -> No
         await client.post("/seed-login/ada")
         answers = await asyncio.gather(*(client.post("/confirm") for _ in range(10)))
         assert [a.status_code for a in answers] == [200] * 10
+
+
+async def test_a_login_that_clears_the_session_first_is_stamped(
+    make_app: AppFactory, clock: FakeClock
+) -> None:
+    # Flask's tutorial login: session.clear(), then the user, even the same one again.
+    app = step_up_app(make_app)
+
+    @app.post("/tutorial-login")
+    async def tutorial_login() -> Any:
+        session.clear()
+        session["user_id"] = "ada"
+        return jsonify(ok=True)
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await client.post("/tutorial-login")
+        assert await stamp_of(client) == int(clock())
+        clock.advance(900)
+        await client.post("/tutorial-login")  # the same user logs in again
+        assert await stamp_of(client) == int(clock())
