@@ -198,13 +198,18 @@ def _run(info: ScriptInfo, work: Callable[[Config], None]) -> SessionConfig:
         finally:
             await engine.dispose()
 
-    _make_sqlite_folder(settings)
+    failures: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
+    if settings.db_url.get_driver_name() == "asyncpg":
+        from .stores.asyncpg_runner import asyncpg_errors
+
+        failures += asyncpg_errors()  # some come unwrapped through SQLAlchemy 2.0
     try:
+        _make_sqlite_folder(settings)
         with _alembic_log_to_stderr():
             asyncio.run(main())
     except CommandError as error:
         raise click.ClickException(f"{settings.table} in {url}: {error}") from None
-    except (SQLAlchemyError, OSError) as error:
+    except failures as error:
         reason = f"{type(error).__name__}: {error}".splitlines()[0]
         raise click.ClickException(f"the session database {url} failed: {reason}") from None
     return settings

@@ -401,7 +401,13 @@ class SessionSaver:
             and self.users is not None
             and (previous is None or previous_user != user)
         ):
-            await self.users.enforce_limit(user, keep_handle=handle)
+            try:
+                await self.users.enforce_limit(user, keep_handle=handle)
+            except StoreError as error:
+                # The session is stored (and, on a login, its old row gone): failing the
+                # save now would drop the new cookie and log the user out. The cap is
+                # enforced again at the user's next login.
+                logger.warning("SESSION_MAX_PER_USER not enforced at this login: %s", error)
         return SaveOutcome(SaveResult.ISSUED, Loaded(sid, record, plaintext, user), merged)
 
     async def _retire(

@@ -114,3 +114,33 @@ async def test_the_deadlock_reaches_the_caller_without_the_retry(
             await bounded(victim)
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("backend", ["mariadb"])
+async def test_a_prune_batch_chosen_as_deadlock_victim_is_run_again(
+    db_url: str, table_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pruner's batch, rolled back whole by InnoDB (here: the driver's error for it,
+    raised before the batch runs, as the victim's is), is run again rather than failing
+    the pruning run."""
+    store = SqlStore.from_url(make_url(db_url), table_name, {})
+    try:
+        await store.prepare(create_table=True)
+        for id_hash in OTHERS:
+            await store.insert(StoredSession(id_hash, b"payload", 1, 1, 1, 10))
+        run = store.connections.run
+        victims = 0
+
+        async def first_one_deadlocks(work: object) -> object:
+            nonlocal victims
+            if victims == 0:
+                victims += 1
+                deadlock = Exception(1213, "Deadlock found when trying to get lock")
+                raise DBAPIError("DELETE ...", {}, deadlock)
+            return await run(work)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store.connections, "run", first_one_deadlocks)
+        assert await store.delete_expired(now=100, limit=100) == len(OTHERS)
+        assert victims == 1
+    finally:
+        await store.close()

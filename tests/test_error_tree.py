@@ -109,3 +109,32 @@ async def test_before_start_up_a_fresh_sqlite_file_gets_its_table(tmp_path: Path
         result = await call(app.extensions["quartsess"])
         assert result in ([], False, 0), name
         await app.extensions["quartsess"].store_for(app).close()
+
+
+async def test_asyncpg_errors_that_sqlalchemy_lets_through_are_503s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SQLAlchemy 2.0 (which quartsess accepts) lets some of asyncpg's own errors out of
+    a failed connect unwrapped (sqlalchemy#11956: too many connections, a database that
+    is starting, a wrong password), and no version maps InternalClientError. They are
+    outages like any other, not raw errors."""
+    import asyncpg
+
+    url = await require_server("postgresql")
+    table = unique_table("qs_tree_pg")
+    app = app_on(url, table)
+    try:
+        async with app.test_app():
+            ext: Session = app.extensions["quartsess"]
+            store = ext.parts_for(app).store
+
+            async def refused(work: Any) -> Any:
+                raise asyncpg.TooManyConnectionsError("sorry, too many clients already")
+
+            monkeypatch.setattr(store.connections, "run", refused)
+            for name, call in CALLS.items():
+                with pytest.raises(SessionStoreUnavailable) as raised:
+                    await call(ext)
+                assert isinstance(raised.value.__cause__, asyncpg.TooManyConnectionsError), name
+    finally:
+        await drop_tables_of(url, table)

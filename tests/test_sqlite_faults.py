@@ -446,3 +446,33 @@ async def test_a_deleted_write_ahead_log_stops_the_worker_until_a_restart(
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1, errors
     assert rows(database) == 3
+
+
+def test_a_checkpoint_that_fails_for_a_reason_other_than_a_lock_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint the disk refuses (here: through a read-only connection, SQLite's
+    disk I/O error) leaves the log growing; it is said once, not once per checkpoint."""
+    import logging
+
+    from quartsess.stores import sqlite_runner
+
+    path = tmp_path / "checkpoint.sqlite3"
+    writer = sqlite3.connect(path, isolation_level=None)
+    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        writer.execute("PRAGMA journal_mode = WAL")
+        writer.execute("CREATE TABLE t (x)")
+        writer.execute("INSERT INTO t VALUES (1)")
+        reader.execute("SELECT * FROM t").fetchall()
+        sqlite_runner._logged_checkpoint_failures.clear()
+        with caplog.at_level(logging.WARNING, logger="quartsess"):
+            assert sqlite_runner._checkpoint(reader) is None
+            assert sqlite_runner._checkpoint(reader) is None
+        failures = [r for r in caplog.records if "checkpoint of the SQLite log failed" in r.message]
+        assert len(failures) == 1
+        assert sqlite_runner._checkpoint(writer) is not None  # the writer's runs
+    finally:
+        reader.close()
+        writer.close()
+        sqlite_runner._logged_checkpoint_failures.clear()

@@ -4,6 +4,7 @@ and revoking, limits, on SQLite, PostgreSQL and MariaDB, through real requests."
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from click.testing import Result
 from quart import Quart, Response, jsonify, session
 from quart.cli import ScriptInfo
 
-from quartsess import Session, SessionInfo, generate_key
+from quartsess import Session, SessionInfo, SessionStoreUnavailable, generate_key
 from quartsess.cli import sessions_cli
 from quartsess.ids import hash_session_id
 from tests.conftest import SECRET, AppFactory, FakeClock
@@ -283,6 +284,30 @@ async def test_at_most_max_per_user_sessions_the_least_recently_active_go(
         users = [(await (await d.get("/whoami")).get_json())["user"] for d in devices]
         assert users == ["ada", None, "ada"]  # the least recently active went
         assert len(await app.extensions["quartsess"].user_sessions("ada")) == 3
+
+
+async def test_a_login_whose_cap_cannot_be_enforced_still_logs_in(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store fails between the login's write and the cap's: the login is stored
+    (and the old row gone), so the response still carries the new cookie; the cap waits
+    for the next login, and the log says so."""
+    app = app_of(make_app, SESSION_MAX_PER_USER=3)
+    async with app.test_app() as test_app:
+        device = test_app.test_client()
+        await device.get("/visits")
+        users = app.extensions["quartsess"].parts_for(app).users
+
+        async def outage(*args: Any, **kwargs: Any) -> None:
+            raise SessionStoreUnavailable("the database went away")
+
+        monkeypatch.setattr(users, "enforce_limit", outage)
+        with caplog.at_level(logging.WARNING, logger="quartsess"):
+            response = await device.post("/seed-login/ada")
+        assert response.status_code == 200
+        assert "Set-Cookie" in response.headers
+        assert (await (await device.get("/whoami")).get_json())["user"] == "ada"
+        assert any("SESSION_MAX_PER_USER not enforced" in r.message for r in caplog.records)
 
 
 async def test_anonymous_sessions_have_their_own_idle_timeout(

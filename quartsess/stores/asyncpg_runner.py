@@ -93,7 +93,7 @@ class AsyncpgRunner:
         self._generation = 0
         import asyncpg  # type: ignore[import-untyped]
 
-        self._errors = _asyncpg_errors()
+        self._errors = asyncpg_errors()
         self._server_errors: tuple[type[BaseException], ...] = (asyncpg.PostgresError,)
         # Also PostgresErrors, but the connection is gone.
         self._lost: tuple[type[BaseException], ...] = (asyncpg.PostgresConnectionError,)
@@ -299,7 +299,7 @@ def asyncpg_connect_kwargs(
     return kwargs
 
 
-def _asyncpg_errors() -> tuple[type[BaseException], ...]:
+def asyncpg_errors() -> tuple[type[BaseException], ...]:
     """What asyncpg raises when the database cannot answer (all become SessionStoreUnavailable)."""
     import asyncpg
 

@@ -131,6 +131,14 @@ class SqlStore:
                 engine_options.update(pool_size=1, max_overflow=MAINTENANCE_CONNECTIONS - 1)
             self.connections = open_connections(url, engine_options)
         self.dialect: Dialect = self.connections.dialect
+        #: What this store turns into SessionStoreUnavailable. With asyncpg also its own
+        #: errors: SQLAlchemy 2.0 lets some out of a failed connect unwrapped
+        #: (sqlalchemy#11956), and none maps asyncpg's InternalClientError.
+        self._driver_errors = _DRIVER_ERRORS
+        if self.dialect.driver == "asyncpg":
+            from .asyncpg_runner import asyncpg_errors
+
+            self._driver_errors += asyncpg_errors()
         self.table: Table = build_table(MetaData(), table_name, dialect=self.dialect.name)
         self._ready = False
         self._missing_lease: list[str] = []
@@ -222,7 +230,7 @@ class SqlStore:
         :class:`~quartsess.StoreError`."""
         try:
             return await self.connections.run(work)
-        except _DRIVER_ERRORS as error:
+        except self._driver_errors as error:
             self._unavailable(error)
 
     def _unavailable(self, error: BaseException) -> NoReturn:
@@ -356,7 +364,7 @@ class SqlStore:
             listener(name)
         try:
             return await self._runner.fetch_one(self._hot[name], params)
-        except _DRIVER_ERRORS as error:
+        except self._driver_errors as error:
             self._unavailable(error)
 
     async def _hot_rowcount(
@@ -367,7 +375,7 @@ class SqlStore:
             listener(name)
         try:
             return await self._runner.rowcount(self._hot[variant or name], params)
-        except _DRIVER_ERRORS as error:
+        except self._driver_errors as error:
             self._unavailable(error)
 
     async def _rowcount(self, statement: Any, params: dict[str, Any]) -> int:
@@ -422,12 +430,19 @@ class SqlStore:
             if dialect.name == "postgresql":
                 batch = batch.with_for_update(skip_locked=True)
             statement = delete(t).where(t.c.id_hash.in_(batch.scalar_subquery()))
+
+        def work(connection: Connection) -> int:
+            return int(connection.execute(statement, {"now": now}).rowcount)
+
         # InnoDB may pick a batch as a deadlock victim against a request's write; the
-        # batch was rolled back whole, so running it again is safe.
-        return await retry_rolled_back(
-            lambda: self._rowcount(statement, {"now": now}),
-            (MYSQL_DEADLOCK, MYSQL_LOCK_WAIT_TIMEOUT),
-        )
+        # batch was rolled back whole, so running it again is safe. (The retry sees the
+        # driver's error; it becomes SessionStoreUnavailable only after the last try.)
+        try:
+            return await retry_rolled_back(
+                lambda: self.connections.run(work), (MYSQL_DEADLOCK, MYSQL_LOCK_WAIT_TIMEOUT)
+            )
+        except self._driver_errors as error:
+            self._unavailable(error)
 
     @asynccontextmanager
     async def try_lock(self, name: str) -> AsyncIterator[bool]:
@@ -436,7 +451,7 @@ class SqlStore:
         try:
             async with self._try_lock(name) as acquired:
                 yield acquired
-        except _DRIVER_ERRORS as error:
+        except self._driver_errors as error:
             self._unavailable(error)
 
     @asynccontextmanager

@@ -340,9 +340,27 @@ def _checkpoint(connection: sqlite3.Connection) -> int | None:
     returns the log's length in frames, or None if the checkpoint could not run."""
     try:
         row = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    except sqlite3.Error:
-        return None  # closed, or busy: the next one catches up
+    except sqlite3.ProgrammingError:
+        return None  # closed meanwhile
+    except sqlite3.Error as error:
+        if getattr(error, "sqlite_errorcode", 0) & 0xFF not in _BUSY_CODES:
+            # A disk that is full or failing: the log cannot shrink while it lasts, and
+            # the statements' own errors may not show it. Once per kind of error.
+            _log_checkpoint_failure(error)
+        return None  # busy: the next one catches up
     return None if row is None else int(row[1])
+
+
+#: SQLITE_BUSY and SQLITE_LOCKED (the low byte of an extended code).
+_BUSY_CODES = (5, 6)
+_logged_checkpoint_failures: set[str] = set()
+
+
+def _log_checkpoint_failure(error: sqlite3.Error) -> None:
+    kind = getattr(error, "sqlite_errorname", type(error).__name__)
+    if kind not in _logged_checkpoint_failures:
+        _logged_checkpoint_failures.add(kind)
+        logger.warning("a checkpoint of the SQLite log failed: %s", error)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
