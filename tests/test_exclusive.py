@@ -73,6 +73,15 @@ def exclusive_app(make_app: AppFactory, **config: Any) -> tuple[Quart, dict[str,
     return app, gates
 
 
+async def holding(client: Any, gates: dict[str, Any]) -> asyncio.Future[Any]:
+    """Start ``POST /blocking`` and wait (bounded) until its view holds the session;
+    the request's future (its view waits for ``gates["go"]``)."""
+    blocked = asyncio.ensure_future(client.post("/blocking"))
+    async with asyncio.timeout(5):
+        await gates["entered"].wait()
+    return blocked
+
+
 async def lease_of(app: Quart, table_name: str) -> list[tuple[Any, Any]]:
     """The lease columns of every row."""
     store = app.extensions["quartsess"].store_for(app)
@@ -118,9 +127,7 @@ async def test_others_are_not_held_up(make_app: AppFactory) -> None:
         holder, other = test_app.test_client(), test_app.test_client()
         await holder.post("/start")
         await other.post("/start")
-        blocked = asyncio.ensure_future(holder.post("/blocking"))
-        async with asyncio.timeout(5):
-            await gates["entered"].wait()
+        blocked = await holding(holder, gates)
         # Another session's exclusive route, and this session's other routes, go on.
         assert (await other.post("/count")).status_code == 200
         assert (await holder.get("/state")).status_code == 200
@@ -135,9 +142,7 @@ async def test_a_waiter_gets_503_with_retry_after_when_the_hold_lasts_too_long(
     async with app.test_app() as test_app:
         client = test_app.test_client()
         await client.post("/start")
-        blocked = asyncio.ensure_future(client.post("/blocking"))
-        async with asyncio.timeout(5):
-            await gates["entered"].wait()
+        blocked = await holding(client, gates)
         refused = await client.post("/count")
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "5"
@@ -227,9 +232,7 @@ async def test_the_holder_works_on_what_the_previous_holder_saved(
     async with app.test_app() as test_app:
         client = test_app.test_client()
         await client.post("/start")
-        blocked = asyncio.ensure_future(client.post("/blocking"))
-        async with asyncio.timeout(5):
-            await gates["entered"].wait()
+        blocked = await holding(client, gates)
         waiting = asyncio.ensure_future(client.post("/count"))  # loaded before the save
         await asyncio.sleep(0)
         gates["go"].set()
@@ -279,9 +282,7 @@ async def test_a_session_that_ends_while_waiting_stores_nothing_and_keeps_the_co
     async with app.test_app() as test_app:
         client = test_app.test_client()
         await client.post("/start")
-        blocked = asyncio.ensure_future(client.post("/blocking"))
-        async with asyncio.timeout(5):
-            await gates["entered"].wait()
+        blocked = await holding(client, gates)
         waiting = asyncio.ensure_future(client.post("/peek"))
         await asyncio.sleep(0)
         assert (await client.post("/logout")).status_code == 200
@@ -305,9 +306,7 @@ async def test_changes_made_before_the_hold_are_merged_not_lost(make_app: AppFac
     async with app.test_app() as test_app:
         client = test_app.test_client()
         await client.post("/start")
-        blocked = asyncio.ensure_future(client.post("/blocking"))
-        async with asyncio.timeout(5):
-            await gates["entered"].wait()
+        blocked = await holding(client, gates)
         waiting = asyncio.ensure_future(client.post("/count"))  # its hook wrote before
         await asyncio.sleep(0)
         gates["go"].set()
@@ -323,9 +322,7 @@ async def test_a_waiter_whose_client_goes_leaves_nothing_behind(make_app: AppFac
     async with app.test_app() as test_app:
         client = test_app.test_client()
         await client.post("/start")
-        blocked = asyncio.ensure_future(client.post("/blocking"))
-        async with asyncio.timeout(5):
-            await gates["entered"].wait()
+        blocked = await holding(client, gates)
         async with client.request("/count", method="POST") as waiter:
             await waiter.send_complete()
             for _ in range(20):  # let it reach the queue behind the holder in this worker
