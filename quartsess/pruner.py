@@ -171,8 +171,11 @@ class Pruner:
             # flight (drivers tear the connection down noisily), and release the lock.
             self._stopping = True
             await asyncio.wait([run])
-            if not run.cancelled():
-                run.exception()  # retrieved: the app is stopping, nothing to report
+            error = None if run.cancelled() else run.exception()
+            if isinstance(error, StoreError) and not error.logged:
+                logger.warning("the last pruning batch failed while stopping: %s", error)
+            elif error is not None and not isinstance(error, StoreError):
+                logger.error("unexpected error while pruning expired sessions", exc_info=error)
             raise
         except StoreError as error:
             logger.log(

@@ -71,6 +71,15 @@ def build(tmp_path: Path, **config: Any) -> Quart:
             "SESSION_ENGINE_OPTIONS",
             "whole numbers",
         ),
+        ({"SESSION_ENGINE_OPTIONS": {"pool_sise": 5}}, "SESSION_ENGINE_OPTIONS", "pool_sise"),
+        (
+            {
+                "SESSION_DB_URL": "postgresql+asyncpg://u@h/db",
+                "SESSION_ENGINE_OPTIONS": {"bogus": 1},
+            },
+            "SESSION_ENGINE_OPTIONS",
+            "'bogus'",
+        ),
     ],
 )
 def test_bad_configuration_fails_at_start_up_naming_the_setting(

@@ -249,6 +249,39 @@ async def test_stopping_during_a_batch_finishes_it_and_leaves_the_database_usabl
             assert acquired  # no lock left behind by the cancelled run
 
 
+async def test_a_batch_that_fails_while_stopping_is_logged(
+    make_app: AppFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The batch in flight when the app stops fails (the database went at that moment):
+    said once, not dropped."""
+    from quartsess import SessionStoreUnavailable
+
+    app = make_app(SESSION_PRUNE_INTERVAL=HOUR)
+    now = int(clock())
+    pruner = extension(app).pruner_for(app)
+    entered, stopping = asyncio.Event(), asyncio.Event()
+    async with app.test_app():
+        await add_rows(app, [now - 1] * 5)
+        real_stop = pruner.stop
+
+        async def failing_delete(now: int, limit: int) -> int:
+            entered.set()
+            await stopping.wait()
+            raise SessionStoreUnavailable("the database went away")
+
+        async def signalling_stop() -> None:
+            stopping.set()
+            await real_stop()
+
+        pruner.store.delete_expired = failing_delete  # type: ignore[method-assign]
+        pruner.stop = signalling_stop  # type: ignore[method-assign]
+        pruner.wake()
+        await entered.wait()
+    assert not pruner.running
+    failures = [r for r in caplog.records if "failed while stopping" in r.getMessage()]
+    assert len(failures) == 1 and "the database went away" in failures[0].getMessage()
+
+
 async def test_concurrent_pruners_delete_each_row_once(
     make_app: AppFactory, clock: FakeClock
 ) -> None:

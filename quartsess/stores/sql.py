@@ -30,10 +30,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Connection, Dialect, Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
 
 from ..errors import (
+    ConfigurationError,
     DatabaseMissing,
     SessionStoreUnavailable,
     TableMissing,
@@ -175,7 +176,14 @@ class SqlStore:
         if config.engine is not None:
             return cls.from_engine(config.engine, config.table)
         check_sql_settings(config.db_url, config.engine_options)
-        return cls(config.db_url, config.table, config.engine_options)
+        try:
+            return cls(config.db_url, config.table, config.engine_options)
+        except (TypeError, ArgumentError) as error:
+            # SQLAlchemy's refusal of an option it does not know for this driver and pool.
+            if isinstance(error, TypeError) and not str(error).startswith("Invalid argument"):
+                raise
+            reason = str(error).split(".  ")[0]
+            raise ConfigurationError("SESSION_ENGINE_OPTIONS", reason) from error
 
     def _choose_runner(
         self, url: URL, options: Mapping[str, Any], asyncpg: bool, budget: int
