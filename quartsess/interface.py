@@ -277,7 +277,7 @@ class ServerSessionInterface(SessionInterface):
             # Changed meanwhile: what this request changed before the hold (a
             # before_request hook, say) is merged onto the newer content, not lost.
             newer, theirs = fresh
-            base = self.saver.codec.deserialize(loaded.plaintext) if loaded.plaintext else {}
+            base = self.saver.content_of(loaded)
             fresh = (newer, merge_changes(base, session.contents(), theirs))
         session.held(hold, fresh)
         task = asyncio.current_task()

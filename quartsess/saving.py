@@ -419,7 +419,7 @@ class SessionSaver:
 
         The old ID goes first: if we stop half-way the user is logged out, never left
         with a second live ID for the same data."""
-        base = self._content_of(previous)
+        base = self.content_of(previous)
         current, current_user = previous.record, previous.user
         merged: dict[str, Any] | None = None
         for _ in range(MAX_SAVE_ATTEMPTS):
@@ -473,7 +473,7 @@ class SessionSaver:
             current, theirs = newer
             current_user = user_of(theirs, self.user_key)
             if base is None:
-                base = self._content_of(loaded)
+                base = self.content_of(loaded)
             merged = merge_changes(base, data, theirs)
             if not merged:
                 # Between them, the two requests removed every key: as a logout does.
@@ -516,7 +516,8 @@ class SessionSaver:
         for row in rows:
             self.codec.forget(row.payload)
 
-    def _content_of(self, loaded: Loaded) -> dict[str, Any]:
+    def content_of(self, loaded: Loaded) -> dict[str, Any]:
+        """The content ``loaded`` held (empty for a row with none)."""
         return self.codec.deserialize(loaded.plaintext) if loaded.plaintext else {}
 
     async def _reload(self, id_hash: str, now: int) -> tuple[StoredSession, dict[str, Any]] | None:

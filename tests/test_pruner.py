@@ -208,18 +208,30 @@ async def test_a_database_error_is_logged_and_the_next_run_succeeds(
         assert await pruner.next_run() == 2
 
 
+def stopping_of(pruner: Pruner) -> asyncio.Event:
+    """An event set as soon as the app starts stopping ``pruner``."""
+    stopping = asyncio.Event()
+    real_stop = pruner.stop
+
+    async def signalling_stop() -> None:
+        stopping.set()
+        await real_stop()
+
+    pruner.stop = signalling_stop  # type: ignore[method-assign]
+    return stopping
+
+
 async def test_stopping_during_a_batch_finishes_it_and_leaves_the_database_usable(
     make_app: AppFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = make_app(SESSION_PRUNE_INTERVAL=HOUR)
     now = int(clock())
     pruner = extension(app).pruner_for(app)
-    entered, stopping = asyncio.Event(), asyncio.Event()
+    entered, stopping = asyncio.Event(), stopping_of(pruner)
     async with app.test_app():
         await add_rows(app, [now - 1] * 50)
         pruner.batch_size = 1
         real_delete = pruner.store.delete_expired
-        real_stop = pruner.stop
 
         async def signalling_delete(now: int, limit: int) -> int:
             entered.set()
@@ -228,12 +240,7 @@ async def test_stopping_during_a_batch_finishes_it_and_leaves_the_database_usabl
             await stopping.wait()
             return await real_delete(now, limit)
 
-        async def signalling_stop() -> None:
-            stopping.set()
-            await real_stop()
-
         pruner.store.delete_expired = signalling_delete  # type: ignore[method-assign]
-        pruner.stop = signalling_stop  # type: ignore[method-assign]
         pruner.wake()
         await entered.wait()
         # Leaving test_app() shuts down while a DELETE is in flight.
@@ -259,22 +266,16 @@ async def test_a_batch_that_fails_while_stopping_is_logged(
     app = make_app(SESSION_PRUNE_INTERVAL=HOUR)
     now = int(clock())
     pruner = extension(app).pruner_for(app)
-    entered, stopping = asyncio.Event(), asyncio.Event()
+    entered, stopping = asyncio.Event(), stopping_of(pruner)
     async with app.test_app():
         await add_rows(app, [now - 1] * 5)
-        real_stop = pruner.stop
 
         async def failing_delete(now: int, limit: int) -> int:
             entered.set()
             await stopping.wait()
             raise SessionStoreUnavailable("the database went away")
 
-        async def signalling_stop() -> None:
-            stopping.set()
-            await real_stop()
-
         pruner.store.delete_expired = failing_delete  # type: ignore[method-assign]
-        pruner.stop = signalling_stop  # type: ignore[method-assign]
         pruner.wake()
         await entered.wait()
     assert not pruner.running

@@ -386,12 +386,6 @@ class SqlStore:
         except self._driver_errors as error:
             self._unavailable(error)
 
-    async def _rowcount(self, statement: Any, params: dict[str, Any]) -> int:
-        def work(connection: Connection) -> int:
-            return int(connection.execute(statement, params).rowcount)
-
-        return await self.run(work)
-
     # -- maintenance: pruning, statistics, key rotation ------------------------------
 
     async def table_exists(self) -> bool:
